@@ -1,0 +1,55 @@
+//! The paper's closed-form anonymity figures.
+//!
+//! Owns the formulas of Reiter and Rubin for `n` members, `c` collaborators and forward
+//! probability `pf`. Pure arithmetic; used by the status page and the analysis tools.
+
+/// Expected number of jondos on a path, initiator included: `1 + 1/(1 - pf)`.
+pub fn expected_path_length(pf: f64) -> f64 {
+    1.0 + 1.0 / (1.0 - pf)
+}
+
+/// P(the first collaborator's predecessor is the initiator) = `1 - pf*(n-c-1)/n`.
+pub fn predecessor_probability(n: u64, c: u64, pf: f64) -> f64 {
+    if n == 0 || c >= n {
+        return 1.0;
+    }
+    1.0 - pf * (n - c - 1) as f64 / n as f64
+}
+
+/// Whether the initiator keeps probable innocence: `n >= pf/(pf - 1/2) * (c + 1)`.
+pub fn probable_innocence(n: u64, c: u64, pf: f64) -> bool {
+    pf > 0.5 && n as f64 >= pf / (pf - 0.5) * (c as f64 + 1.0)
+}
+
+/// The largest number of collaborators against which `n` members keep probable
+/// innocence, or `None` if not even one lone member is safe (c = 0 fails).
+pub fn max_collaborators(n: u64, pf: f64) -> Option<u64> {
+    if pf <= 0.5 {
+        return None;
+    }
+    let bound = (n as f64 * (pf - 0.5) / pf - 1.0).floor();
+    (bound >= 0.0).then_some(bound as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_from_the_paper() {
+        assert_eq!(expected_path_length(0.75), 5.0);
+        // pf = 3/4: n >= 3(c+1).
+        assert!(probable_innocence(24, 7, 0.75));
+        assert!(!probable_innocence(23, 7, 0.75));
+        assert_eq!(max_collaborators(24, 0.75), Some(7));
+        assert_eq!(max_collaborators(2, 0.75), None);
+        assert!(predecessor_probability(24, 7, 0.75) <= 0.5);
+        for n in 1..200 {
+            if let Some(c) = max_collaborators(n, 0.75) {
+                assert!(probable_innocence(n, c, 0.75));
+                assert!(!probable_innocence(n, c + 1, 0.75));
+                assert!(predecessor_probability(n, c, 0.75) <= 0.5 + 1e-12);
+            }
+        }
+    }
+}

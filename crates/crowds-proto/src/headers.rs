@@ -1,0 +1,179 @@
+//! Header hygiene: what leaves the user's jondo, and what comes back from the server.
+//!
+//! Owns the list of identifying and hop-by-hop headers. The initiator's jondo applies
+//! [`sanitize_request`] before a request enters the crowd, so no jondo on the path sees
+//! what the server must not see, and the request has the same form on every hop; the
+//! exit applies it again as a safety net. [`sanitize_response`] strips hop-by-hop
+//! headers (and anything pretending to be a crowd control header) from server replies.
+//!
+//! Removed from requests: hop-by-hop headers (Connection and every header it names,
+//! Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Host — the
+//! target travels in the request URI), every `Proxy-*` header, `Referer`, `From`, `Via`,
+//! `Forwarded`, every `X-Forwarded-*` header, `X-Real-IP`, `Client-IP`, `True-Client-IP`,
+//! `X-Client-IP`, `X-Originating-IP`, `X-Cluster-Client-IP`, `CF-Connecting-IP`, and any
+//! `crowds-*` header a client tries to inject. `User-Agent` is replaced by
+//! [`CROWD_USER_AGENT`], one value shared by every member.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The User-Agent every request leaves the crowd with: a common browser's, so crowd
+/// members look like each other and like many non-members.
+pub const CROWD_USER_AGENT: &str =
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+
+/// Headers removed from every request and response because they concern one hop only.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers that identify the user or the proxies a request went through.
+const IDENTIFYING: &[&str] = &[
+    "host",
+    "referer",
+    "from",
+    "via",
+    "forwarded",
+    "x-real-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-originating-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+];
+
+/// Prefixes of request headers removed whatever follows.
+const IDENTIFYING_PREFIXES: &[&str] = &["proxy-", "x-forwarded-", "crowds-"];
+
+fn remove_connection_listed(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn remove_prefixed(headers: &mut HeaderMap, prefixes: &[&str]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| prefixes.iter().any(|p| k.as_str().starts_with(p)))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Makes a request's headers fit to enter the crowd.
+pub fn sanitize_request(headers: &mut HeaderMap) {
+    remove_connection_listed(headers);
+    for name in IDENTIFYING {
+        headers.remove(*name);
+    }
+    remove_prefixed(headers, IDENTIFYING_PREFIXES);
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(CROWD_USER_AGENT),
+    );
+}
+
+/// Makes a server's response headers fit to travel back along the path.
+pub fn sanitize_response(headers: &mut HeaderMap) {
+    remove_connection_listed(headers);
+    remove_prefixed(headers, &["crowds-", "proxy-"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn identifying_headers_are_removed() {
+        let mut h = map(&[
+            ("Referer", "http://secret.example/"),
+            ("From", "me@example.org"),
+            ("Via", "1.1 myproxy"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("X-Forwarded-Host", "inner"),
+            ("Forwarded", "for=10.0.0.1"),
+            ("X-Real-IP", "10.0.0.1"),
+            ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+            ("Proxy-Connection", "keep-alive"),
+            ("Crowds-Path", "0000000000000001"),
+            ("User-Agent", "MyBrowser/1.0 (Secret OS)"),
+            ("Connection", "close, X-Private"),
+            ("X-Private", "1"),
+            ("Host", "example.org"),
+            ("Accept", "text/html"),
+        ]);
+        sanitize_request(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(h["accept"], "text/html");
+        assert_eq!(h["user-agent"], CROWD_USER_AGENT);
+    }
+
+    #[test]
+    fn response_hop_by_hop_removed() {
+        let mut h = map(&[
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "keep-alive"),
+            ("Keep-Alive", "timeout=5"),
+            ("Crowds-Error", "path-broken"),
+            ("Content-Type", "text/html"),
+            ("Set-Cookie", "a=b"),
+        ]);
+        sanitize_response(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+    }
+
+    proptest! {
+        #[test]
+        fn sanitized_requests_never_carry_identifying_headers(
+            names in proptest::collection::vec("[a-zA-Z-]{1,20}", 0..20),
+            value in "[ -~]{0,40}",
+        ) {
+            let mut h = HeaderMap::new();
+            for n in &names {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(&value)) {
+                    h.append(k, v);
+                }
+            }
+            sanitize_request(&mut h);
+            for k in h.keys() {
+                let k = k.as_str();
+                prop_assert!(!IDENTIFYING.contains(&k) && !HOP_BY_HOP.contains(&k));
+                prop_assert!(!IDENTIFYING_PREFIXES.iter().any(|p| k.starts_with(p)));
+            }
+            prop_assert_eq!(h.get_all("user-agent").iter().count(), 1);
+        }
+    }
+}

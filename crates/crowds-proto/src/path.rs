@@ -1,0 +1,190 @@
+//! Paths: ids, the per-jondo routing table and the forward/submit coin.
+//!
+//! Owns the paper's path rules. The initiator always forwards to a member chosen
+//! uniformly at random from the crowd (possibly itself). Every jondo receiving a request
+//! on a path it has not seen flips a coin biased by pf: forward to a uniformly random
+//! member (possibly itself), or submit to the end server. The decision is remembered per
+//! (predecessor, incoming path id), so the path is static. Outgoing path ids are fresh
+//! random numbers per link, so ids cannot be matched across hops. Randomness is injected;
+//! nothing here does I/O.
+
+use crate::MemberId;
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+/// Most path entries a jondo keeps (each is a few dozen bytes).
+pub const MAX_PATHS: usize = 1 << 16;
+
+/// A path identifier on one link, chosen by the sending side.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathId(pub u64);
+
+impl PathId {
+    /// The id the initiator uses for its own path (it never crosses a link).
+    pub const LOCAL: PathId = PathId(0);
+
+    /// 16 hex digits, the form carried in the `crowds-path` header.
+    pub fn to_hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    /// Parses exactly 16 hex digits.
+    pub fn from_hex(text: &str) -> Option<PathId> {
+        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(PathId)
+    }
+}
+
+impl fmt::Debug for PathId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PathId({:016x})", self.0)
+    }
+}
+
+/// Where a request on a path came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Predecessor {
+    /// This jondo's own user: the jondo is the initiator.
+    Local,
+    /// Another member (or this jondo itself, when it chose itself as successor).
+    Member(MemberId),
+}
+
+/// What a jondo does with requests on a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Relay to `successor`, naming the path `path` on that link.
+    Forward {
+        /// The next jondo.
+        successor: MemberId,
+        /// The path id on the link to it.
+        path: PathId,
+    },
+    /// Submit the request to the end server.
+    Submit,
+}
+
+/// Why no route could be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The crowd lists no forwarding member (not yet admitted, or empty crowd).
+    #[error("the crowd has no members to forward to")]
+    EmptyCrowd,
+    /// The routing table is full.
+    #[error("too many paths through this jondo")]
+    TableFull,
+}
+
+/// The coin of one jondo: forward (to whom) or submit.
+///
+/// `initiator` jondos always forward. `forwarders` are the members that may be chosen,
+/// uniformly; it may include the deciding jondo itself.
+pub fn choose_hop<R: Rng + ?Sized>(
+    rng: &mut R,
+    initiator: bool,
+    forward_probability: f64,
+    forwarders: &[MemberId],
+) -> Result<Option<MemberId>, RouteError> {
+    if !initiator && !rng.gen_bool(forward_probability.clamp(0.0, 1.0)) {
+        return Ok(None);
+    }
+    if forwarders.is_empty() {
+        return Err(RouteError::EmptyCrowd);
+    }
+    Ok(Some(forwarders[rng.gen_range(0..forwarders.len())]))
+}
+
+/// One jondo's routing table: (predecessor, incoming id) -> hop.
+#[derive(Debug, Default)]
+pub struct PathTable {
+    routes: HashMap<(Predecessor, PathId), Hop>,
+    outgoing: HashSet<(MemberId, PathId)>,
+}
+
+impl PathTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of paths through this jondo.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether no path is known.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The hop for requests arriving from `pred` on `path`, deciding it now if the path is
+    /// new or its successor is no longer in `forwarders`.
+    pub fn route<R: Rng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        pred: Predecessor,
+        path: PathId,
+        forward_probability: f64,
+        forwarders: &[MemberId],
+    ) -> Result<Hop, RouteError> {
+        match self.routes.get(&(pred, path)) {
+            Some(Hop::Submit) => return Ok(Hop::Submit),
+            Some(hop @ Hop::Forward { successor, .. }) if forwarders.contains(successor) => {
+                return Ok(*hop)
+            }
+            Some(_) => self.forget(pred, path),
+            None => {}
+        }
+        if self.routes.len() >= MAX_PATHS {
+            return Err(RouteError::TableFull);
+        }
+        let initiator = pred == Predecessor::Local;
+        let hop = match choose_hop(rng, initiator, forward_probability, forwarders)? {
+            None => Hop::Submit,
+            Some(successor) => {
+                let path = loop {
+                    let id = PathId(rng.gen_range(1..=u64::MAX));
+                    if self.outgoing.insert((successor, id)) {
+                        break id;
+                    }
+                };
+                Hop::Forward { successor, path }
+            }
+        };
+        self.routes.insert((pred, path), hop);
+        Ok(hop)
+    }
+
+    /// Forgets one path (its successor failed).
+    pub fn forget(&mut self, pred: Predecessor, path: PathId) {
+        if let Some(Hop::Forward { successor, path }) = self.routes.remove(&(pred, path)) {
+            self.outgoing.remove(&(successor, path));
+        }
+    }
+
+    /// Forgets every path (new members joined: all paths re-form at once).
+    pub fn forget_all(&mut self) {
+        self.routes.clear();
+        self.outgoing.clear();
+    }
+
+    /// Forgets the paths that arrive from `member` (it left the crowd).
+    pub fn forget_from(&mut self, member: MemberId) {
+        let gone: Vec<_> = self
+            .routes
+            .keys()
+            .filter(|(p, _)| *p == Predecessor::Member(member))
+            .copied()
+            .collect();
+        for (pred, path) in gone {
+            self.forget(pred, path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
