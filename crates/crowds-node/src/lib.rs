@@ -1,1 +1,36 @@
-//! x
+//! The Crowds daemons: blender, jondo and demo, on tokio.
+//!
+//! This crate is the I/O shell around [`crowds_proto`]: sockets, TLS, HTTP, files and
+//! SQLite live here; protocol rules do not.
+//!
+//! # Layout
+//!
+//! - [`blender`]: the membership server (HTTPS API, epoch ticker, signing);
+//!   [`store`] keeps its accounts and epochs in SQLite.
+//! - [`jondo`]: the member daemon wiring everything below together.
+//! - [`link`]: TLS 1.3 + HTTP/2 connections between jondos; [`tls`] pins raw keys.
+//! - [`proxy`]: the local HTTP proxy; [`socks`]: the SOCKS5 port (placeholder).
+//! - [`exit`]: submitting requests to servers (DNS at the exit, address policy).
+//! - [`control`]: the jondo's status port.
+//! - [`blender_client`]: a jondo's calls to the blender.
+//! - [`demo`] and [`site`]: a whole crowd plus a sample website in one process.
+//! - [`files`], [`net`], [`body`], [`error`]: small shared helpers.
+
+pub mod blender;
+pub mod blender_client;
+pub mod body;
+pub mod control;
+pub mod demo;
+pub mod error;
+pub mod exit;
+pub mod files;
+pub mod jondo;
+pub mod link;
+pub mod net;
+pub mod proxy;
+pub mod site;
+pub mod socks;
+pub mod store;
+pub mod tls;
+
+pub use error::NodeError;

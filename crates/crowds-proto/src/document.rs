@@ -137,7 +137,8 @@ impl CrowdDocument {
     /// Signs and encodes the document.
     pub fn sign(&self, key: &SecretKey) -> Result<Vec<u8>, DocumentError> {
         self.check()?;
-        let body = postcard::to_stdvec(self).map_err(|e| DocumentError::Malformed(e.to_string()))?;
+        let body =
+            postcard::to_stdvec(self).map_err(|e| DocumentError::Malformed(e.to_string()))?;
         let signature = key.sign(&signed_bytes(&body)).to_vec();
         let envelope = Envelope { body, signature };
         let mut out = MAGIC.to_vec();
@@ -187,11 +188,15 @@ impl Envelope {
         if bytes.len() > MAX_DOCUMENT_BYTES {
             return Err(DocumentError::TooLarge(bytes.len()));
         }
-        let rest = bytes.strip_prefix(&MAGIC[..]).ok_or(DocumentError::BadMagic)?;
+        let rest = bytes
+            .strip_prefix(&MAGIC[..])
+            .ok_or(DocumentError::BadMagic)?;
         let (envelope, trailing) = postcard::take_from_bytes::<Envelope>(rest)
             .map_err(|e| DocumentError::Malformed(e.to_string()))?;
         if !trailing.is_empty() {
-            return Err(DocumentError::Malformed("trailing bytes after envelope".into()));
+            return Err(DocumentError::Malformed(
+                "trailing bytes after envelope".into(),
+            ));
         }
         if envelope.signature.len() != 64 {
             return Err(DocumentError::Malformed("signature is not 64 bytes".into()));

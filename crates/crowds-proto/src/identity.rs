@@ -88,7 +88,8 @@ pub struct SecretKey {
 impl SecretKey {
     /// Generates a fresh key from the system's random number generator.
     pub fn generate() -> Result<Self, KeyError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Rng)?;
         Self::from_pkcs8(doc.as_ref())
     }
 
@@ -124,7 +125,11 @@ impl SecretKey {
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretKey(public {:?}, secret [redacted])", self.public())
+        write!(
+            f,
+            "SecretKey(public {:?}, secret [redacted])",
+            self.public()
+        )
     }
 }
 

@@ -135,7 +135,10 @@ pub fn http_target(uri: &Uri) -> Result<Target, TargetError> {
     if authority.as_str().contains('@') {
         return Err(TargetError::UserInfo);
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err(TargetError::NotAbsoluteHttp);
     }

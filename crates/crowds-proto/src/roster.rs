@@ -254,7 +254,10 @@ mod tests {
         r.handle_heartbeat(1, 25_000);
         let d2 = r.poll_epoch(30_000).expect("second epoch");
         assert_eq!(d2.epoch, 2);
-        assert_eq!(d2.members.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            d2.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
     }
 
     #[test]
@@ -268,7 +271,10 @@ mod tests {
         r.handle_heartbeat(1, 35_000);
         let d = r.poll_epoch(35_000).expect("member 2 timed out");
         assert_eq!(d.members.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        assert!(!r.handle_heartbeat(2, 36_000), "dropped member is a stranger");
+        assert!(
+            !r.handle_heartbeat(2, 36_000),
+            "dropped member is a stranger"
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ fn sign_verify_round_trip() {
     let key = SecretKey::generate().expect("key");
     let doc = sample(3, 5);
     let bytes = doc.sign(&key).expect("sign");
-    assert_eq!(CrowdDocument::verify(&bytes, &key.public()).expect("verify"), doc);
+    assert_eq!(
+        CrowdDocument::verify(&bytes, &key.public()).expect("verify"),
+        doc
+    );
 }
 
 #[test]
@@ -45,7 +48,10 @@ fn tampered_body_is_rejected() {
     // Flip one bit in every position in turn: none may verify.
     for i in MAGIC.len()..bytes.len() {
         bytes[i] ^= 0x01;
-        assert!(CrowdDocument::verify(&bytes, &key.public()).is_err(), "byte {i}");
+        assert!(
+            CrowdDocument::verify(&bytes, &key.public()).is_err(),
+            "byte {i}"
+        );
         bytes[i] ^= 0x01;
     }
 }
@@ -72,7 +78,10 @@ fn lookups() {
     let doc = sample(1, 4);
     assert_eq!(doc.member(3).map(|m| m.id), Some(3));
     assert!(doc.member(9).is_none());
-    assert_eq!(doc.member_by_key(&PublicKey([2; 32])).map(|m| m.id), Some(2));
+    assert_eq!(
+        doc.member_by_key(&PublicKey([2; 32])).map(|m| m.id),
+        Some(2)
+    );
     assert_eq!(doc.forwarders(), vec![1, 2, 3, 4]);
 }
 

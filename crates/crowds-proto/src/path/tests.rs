@@ -17,7 +17,11 @@ fn relay_submits_at_pf_zero_and_forwards_almost_always_near_one() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     assert_eq!(choose_hop(&mut rng, false, 0.0, &[1]), Ok(None));
     let forwards = (0..1000)
-        .filter(|_| choose_hop(&mut rng, false, 0.999, &[1]).expect("hop").is_some())
+        .filter(|_| {
+            choose_hop(&mut rng, false, 0.999, &[1])
+                .expect("hop")
+                .is_some()
+        })
         .count();
     assert!(forwards > 980, "{forwards}");
 }
@@ -74,7 +78,13 @@ fn outgoing_ids_are_fresh_per_link() {
     let mut seen = std::collections::HashSet::new();
     for i in 0..1000u64 {
         if let Hop::Forward { successor, path } = table
-            .route(&mut rng, Predecessor::Member(i % 7), PathId(i), 1.0, &[1, 2])
+            .route(
+                &mut rng,
+                Predecessor::Member(i % 7),
+                PathId(i),
+                1.0,
+                &[1, 2],
+            )
             .expect("route")
         {
             assert_ne!(path, PathId(i), "incoming id reused");
@@ -105,7 +115,13 @@ fn forget_from_drops_a_predecessors_paths() {
     let mut table = PathTable::new();
     for i in 0..10 {
         table
-            .route(&mut rng, Predecessor::Member(i % 2), PathId(i + 1), 0.5, &[1])
+            .route(
+                &mut rng,
+                Predecessor::Member(i % 2),
+                PathId(i + 1),
+                0.5,
+                &[1],
+            )
             .expect("route");
     }
     table.forget_from(0);
@@ -134,7 +150,10 @@ fn path_length(rng: &mut ChaCha8Rng, n: u64, pf: f64) -> u64 {
             .expect("route")
         {
             Hop::Submit => return jondos,
-            Hop::Forward { successor, path: next } => {
+            Hop::Forward {
+                successor,
+                path: next,
+            } => {
                 pred = Predecessor::Member(at);
                 at = successor;
                 path = next;

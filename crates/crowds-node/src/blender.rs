@@ -1,0 +1,374 @@
+//! The blender daemon: accounts, admission, and the signed crowd document.
+//!
+//! Owns the blender's HTTPS API (TLS 1.3 with its Ed25519 key as a raw public key,
+//! pinned by jondos; every client proves an Ed25519 identity key in the handshake), the
+//! epoch ticker that applies [`crowds_proto::roster`] rules, signing, and persistence of
+//! each epoch in the [`crate::store`]. It never sees member traffic.
+//!
+//! API (all JSON except the document):
+//! - `POST /v1/join` `{"account", "password", "peer_addr"}`: registers the TLS client key
+//!   as the account's member key; admitted at the next epoch.
+//! - `POST /v1/heartbeat`, `POST /v1/leave`: identified by the TLS client key.
+//! - `GET /v1/crowd`: the signed crowd document (`ETag`, `If-None-Match` -> 304).
+
+use crate::body::{self, Body};
+use crate::error::NodeError;
+use crate::files::{self, BLENDER_PUB_FILE};
+use crate::net::{self, now_ms};
+use crate::store::Store;
+use crate::tls;
+use crowds_proto::document::Member;
+use crowds_proto::identity::{PublicKey, SecretKey};
+use crowds_proto::roster::{JoinOutcome, Roster, RosterConfig};
+use crowds_proto::MemberId;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Most concurrent API connections.
+pub const MAX_API_CONNECTIONS: usize = 512;
+/// Largest JSON request body.
+pub const MAX_API_BODY: usize = 16 * 1024;
+/// How often the epoch ticker looks at the roster.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Settings of a blender.
+#[derive(Debug, Clone)]
+pub struct BlenderConfig {
+    /// Holds the signing key, `blender.pub` and the database.
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// The crowd's forward probability.
+    pub forward_probability: f64,
+    /// At most one epoch per this interval.
+    pub join_interval: Duration,
+    /// Members silent this long are dropped.
+    pub heartbeat_timeout: Duration,
+    /// Validity of each signed document.
+    pub document_lifetime: Duration,
+}
+
+impl BlenderConfig {
+    /// Defaults for everything but the directory and address.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            forward_probability: 0.75,
+            join_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(30),
+            document_lifetime: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A join request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Account name.
+    pub account: String,
+    /// Password (sent only inside the pinned TLS channel).
+    pub password: String,
+    /// Where other jondos reach this one.
+    pub peer_addr: SocketAddr,
+}
+
+/// The answer to a join.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The member id (the account's number).
+    pub member_id: MemberId,
+    /// `"member"` or `"pending"`.
+    pub status: String,
+}
+
+struct Published {
+    bytes: Arc<Vec<u8>>,
+    etag: String,
+    issued_at: u64,
+}
+
+struct State {
+    key: SecretKey,
+    roster: Mutex<Roster>,
+    store: Arc<Mutex<Store>>,
+    published: RwLock<Option<Published>>,
+    /// Member keys registered (pending or admitted), to identify heartbeats.
+    keys: Mutex<std::collections::HashMap<PublicKey, MemberId>>,
+}
+
+/// A running blender.
+pub struct RunningBlender {
+    /// The API's bound address.
+    pub addr: SocketAddr,
+    /// The blender's public key (also written to `blender.pub`).
+    pub public_key: PublicKey,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningBlender {
+    /// Waits until the blender stops (after shutdown is signalled).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Loads or creates the signing key and writes `blender.pub`.
+pub fn load_key(data_dir: &std::path::Path) -> Result<SecretKey, NodeError> {
+    let key = files::load_or_create_identity(data_dir)?;
+    let pub_path = data_dir.join(BLENDER_PUB_FILE);
+    let text = format!("{}\n", key.public().to_hex());
+    if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(text.as_str()) {
+        files::write_atomic(&pub_path, text.as_bytes(), 0o644)?;
+    }
+    Ok(key)
+}
+
+/// Starts a blender; it runs until `shutdown` is cancelled.
+pub async fn start(
+    config: BlenderConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningBlender, NodeError> {
+    if !crowds_proto::pf_is_valid(config.forward_probability) {
+        return Err(NodeError::Config(
+            "pf must be at least 0 and below 1".into(),
+        ));
+    }
+    let key = load_key(&config.data_dir)?;
+    let store = Store::open(&config.data_dir)?;
+    let (epoch, members) = store.load_epoch()?;
+    let now = now_ms();
+    let roster_config = RosterConfig {
+        crowd: "default".into(),
+        forward_probability: config.forward_probability,
+        join_interval_ms: config.join_interval.as_millis() as u64,
+        heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
+        document_lifetime_ms: config.document_lifetime.as_millis() as u64,
+    };
+    let keys = members.iter().map(|m| (m.key, m.id)).collect();
+    let restored = epoch > 0;
+    // A restarted blender publishes a fresh epoch with the stored members at once, so
+    // a changed pf reaches everyone and no epoch number is ever reused.
+    let roster = Roster::resume(roster_config, epoch + u64::from(restored), members, now);
+    let listener = net::bind(config.listen, "the blender API").await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| NodeError::io("listener address", e))?;
+    let state = Arc::new(State {
+        key,
+        roster: Mutex::new(roster),
+        store: Arc::new(Mutex::new(store)),
+        published: RwLock::new(None),
+        keys: Mutex::new(keys),
+    });
+    if restored {
+        let doc = lock(&state.roster).document(now);
+        publish(&state, doc).await?;
+    }
+    let server_tls = tls::server_config(&state.key, Arc::new(|_: &PublicKey| true))?;
+    let acceptor = TlsAcceptor::from(Arc::new(server_tls));
+    let public_key = state.key.public();
+    let api_state = state.clone();
+    let api = net::spawn_accept_loop(
+        listener,
+        MAX_API_CONNECTIONS,
+        shutdown.clone(),
+        move |stream, _| {
+            let state = api_state.clone();
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(net::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                let Some(client) = tls::peer_key(tls.get_ref().1) else {
+                    return;
+                };
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(api(state, client, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            }
+        },
+    );
+    let ticker = tokio::spawn(tick(state, shutdown));
+    tracing::info!(%addr, key = %public_key, "blender listening");
+    Ok(RunningBlender {
+        addr,
+        public_key,
+        tasks: vec![api, ticker],
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn tick(state: Arc<State>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let now = now_ms();
+        let next = lock(&state.roster).poll_epoch(now);
+        let refresh = {
+            let published = state.published.read().unwrap_or_else(|p| p.into_inner());
+            let lifetime = lock(&state.roster).config().document_lifetime_ms;
+            published
+                .as_ref()
+                .is_some_and(|p| now.saturating_sub(p.issued_at) > lifetime / 2)
+        };
+        let doc = match next {
+            Some(doc) => {
+                tracing::info!(epoch = doc.epoch, members = doc.members.len(), "new epoch");
+                Some(doc)
+            }
+            None if refresh => Some(lock(&state.roster).document(now)),
+            None => None,
+        };
+        if let Some(doc) = doc {
+            if let Err(e) = publish(&state, doc).await {
+                tracing::error!("cannot publish the crowd document: {e}");
+            }
+        }
+    }
+}
+
+async fn publish(
+    state: &Arc<State>,
+    doc: crowds_proto::document::CrowdDocument,
+) -> Result<(), NodeError> {
+    let bytes = doc
+        .sign(&state.key)
+        .map_err(|e| NodeError::Blender(e.to_string()))?;
+    let store = state.store.clone();
+    let (epoch, members) = (doc.epoch, doc.members.clone());
+    tokio::task::spawn_blocking(move || lock(&store).save_epoch(epoch, &members))
+        .await
+        .map_err(|e| NodeError::Blender(e.to_string()))??;
+    let published = Published {
+        bytes: Arc::new(bytes),
+        etag: format!("\"{}-{}\"", doc.epoch, doc.issued_at),
+        issued_at: doc.issued_at,
+    };
+    *state.published.write().unwrap_or_else(|p| p.into_inner()) = Some(published);
+    Ok(())
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    body::json(status, &serde_json::json!({ "error": message }))
+}
+
+async fn api(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> Response<Body> {
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/v1/crowd") => crowd(&state, &req),
+        (Method::POST, "/v1/join") => join(state, client, req).await,
+        (Method::POST, "/v1/heartbeat") => {
+            let id = lock(&state.keys).get(&client).copied();
+            match id {
+                Some(id) if lock(&state.roster).handle_heartbeat(id, now_ms()) => {
+                    body::text(StatusCode::NO_CONTENT, "")
+                }
+                _ => error(StatusCode::FORBIDDEN, "not a member: join again"),
+            }
+        }
+        (Method::POST, "/v1/leave") => {
+            if let Some(id) = lock(&state.keys).get(&client).copied() {
+                lock(&state.roster).handle_leave(id);
+            }
+            body::text(StatusCode::NO_CONTENT, "")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+fn crowd(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let published = state.published.read().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = published.as_ref() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no epoch published yet");
+    };
+    let etag = HeaderValue::from_str(&p.etag).unwrap_or(HeaderValue::from_static("\"0\""));
+    if req.headers().get(header::IF_NONE_MATCH) == Some(&etag) {
+        let mut resp = body::text(StatusCode::NOT_MODIFIED, "");
+        resp.headers_mut().insert(header::ETAG, etag);
+        return resp;
+    }
+    let mut resp = Response::new(body::full(p.bytes.as_ref().clone()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-crowds-document"),
+    );
+    resp.headers_mut().insert(header::ETAG, etag);
+    resp
+}
+
+async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> Response<Body> {
+    let Ok(bytes) = body::read_limited(req.into_body(), MAX_API_BODY).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    };
+    let Ok(join) = serde_json::from_slice::<JoinRequest>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "malformed join request");
+    };
+    if join.peer_addr.ip().is_unspecified() || join.peer_addr.port() == 0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "peer_addr must be a reachable address and port",
+        );
+    }
+    let store = state.store.clone();
+    let (account, password) = (join.account, join.password);
+    let verified =
+        tokio::task::spawn_blocking(move || lock(&store).verify_login(&account, &password)).await;
+    let id = match verified {
+        Ok(Ok(Some(id))) => id,
+        Ok(Ok(None)) => {
+            tracing::warn!("refused a login: unknown account or wrong password");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "login refused: unknown account or wrong password",
+            );
+        }
+        _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "account store failure"),
+    };
+    let member = Member {
+        id,
+        addr: join.peer_addr,
+        key: client,
+        flags: 0,
+    };
+    {
+        let mut keys = lock(&state.keys);
+        keys.retain(|_, v| *v != id);
+        keys.insert(client, id);
+    }
+    let outcome = lock(&state.roster).handle_join(member, now_ms());
+    let status = match outcome {
+        JoinOutcome::AlreadyMember => "member",
+        JoinOutcome::Pending => "pending",
+    };
+    tracing::info!(member = id, status, "join");
+    body::json(
+        StatusCode::OK,
+        &serde_json::json!({ "member_id": id, "status": status }),
+    )
+}

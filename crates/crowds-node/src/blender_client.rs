@@ -1,0 +1,145 @@
+//! A jondo's client for the blender API, over TLS with the blender's key pinned.
+//!
+//! Owns dialling the blender, the join/heartbeat/leave/fetch calls and their limits.
+//! It does not judge documents (that is [`crowds_proto::view`]): it only fetches bytes.
+
+use crate::blender::{JoinRequest, JoinResponse};
+use crate::body::{self, BoxError};
+use crate::error::NodeError;
+use crate::net::HANDSHAKE_TIMEOUT;
+use crate::tls;
+use bytes::Bytes;
+use crowds_proto::document::MAX_DOCUMENT_BYTES;
+use crowds_proto::identity::{PublicKey, SecretKey};
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Time allowed for one whole API call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a call returned.
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body (at most a crowd document's size).
+    pub body: Bytes,
+}
+
+/// The blender API client.
+#[derive(Clone)]
+pub struct BlenderClient {
+    addr: String,
+    connector: TlsConnector,
+}
+
+impl BlenderClient {
+    /// A client for the blender at `addr` (`HOST:PORT`) holding `blender_key`.
+    pub fn new(
+        addr: String,
+        identity: &SecretKey,
+        blender_key: PublicKey,
+    ) -> Result<Self, NodeError> {
+        let config = tls::client_config(identity, blender_key)?;
+        Ok(Self {
+            addr,
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    async fn dial(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&self.addr).await?.collect();
+        let mut last: BoxError = "blender address resolves to nothing".into();
+        for addr in addrs {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let tcp = TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                self.connector.connect(tls::server_name(), tcp).await
+            })
+            .await
+            {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = e.into(),
+                Err(_) => last = "timed out connecting to the blender".into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// One API call.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        if_none_match: Option<&HeaderValue>,
+    ) -> Result<Reply, NodeError> {
+        let run = async {
+            let stream = self.dial().await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::HOST, "blender");
+            if let Some(tag) = if_none_match {
+                req = req.header(header::IF_NONE_MATCH, tag);
+            }
+            let req = match json {
+                Some(b) => req
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body::full(b))?,
+                None => req.body(body::empty())?,
+            };
+            let resp = sender.send_request(req).await?;
+            let (parts, incoming) = resp.into_parts();
+            let body = body::read_limited(incoming, MAX_DOCUMENT_BYTES + 1024).await?;
+            Ok::<_, BoxError>(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, run).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(NodeError::Blender(format!("cannot reach the blender: {e}"))),
+            Err(_) => Err(NodeError::Blender(
+                "the blender did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// Logs in and registers this jondo's key and peer address.
+    pub async fn join(
+        &self,
+        account: &str,
+        password: &str,
+        peer_addr: SocketAddr,
+    ) -> Result<JoinResponse, NodeError> {
+        let req = JoinRequest {
+            account: account.to_string(),
+            password: password.to_string(),
+            peer_addr,
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| NodeError::Blender(e.to_string()))?;
+        let reply = self
+            .call(Method::POST, "/v1/join", Some(body), None)
+            .await?;
+        match reply.status {
+            StatusCode::OK => serde_json::from_slice(&reply.body)
+                .map_err(|_| NodeError::Blender("malformed join answer".into())),
+            StatusCode::UNAUTHORIZED => Err(NodeError::LoginRefused),
+            s => Err(NodeError::Blender(format!(
+                "join refused ({s}): {}",
+                String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])
+            ))),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The error type of the daemons.
+
+use std::io;
+
+/// What went wrong in a daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// An I/O operation failed; the string says which.
+    #[error("{0}: {1}")]
+    Io(String, #[source] io::Error),
+    /// A setting or file is unusable; the string says what to do.
+    #[error("{0}")]
+    Config(String),
+    /// The account store failed.
+    #[error("account store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The blender refused our login.
+    #[error("the blender refused the login: unknown account or wrong password")]
+    LoginRefused,
+    /// The blender answered something we cannot use.
+    #[error("blender: {0}")]
+    Blender(String),
+    /// TLS set-up failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl NodeError {
+    /// An I/O error with what we were doing.
+    pub fn io(what: impl Into<String>, e: io::Error) -> Self {
+        NodeError::Io(what.into(), e)
+    }
+}

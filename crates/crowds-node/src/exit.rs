@@ -1,0 +1,150 @@
+//! Submitting a request to the end server: the last jondo of a path.
+//!
+//! Owns name resolution at the exit (never at the initiator), the check of every
+//! resolved address against the exit policy, the outgoing connection (bound to the
+//! jondo's own peer address, so the server sees this member), header hygiene applied
+//! once more as a safety net, and the response head timeout. One fresh connection per
+//! request: connections to servers are never pooled, so two initiators' requests can
+//! never be linked by sharing one. Never logs destinations.
+
+use crate::body::{self, Body};
+use crowds_proto::headers;
+use crowds_proto::policy;
+use crowds_proto::relay::{self, ErrorKind};
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Settings of the exit.
+#[derive(Debug, Clone)]
+pub struct ExitConfig {
+    /// Source address of outgoing connections (the jondo's peer address).
+    pub source_ip: Option<IpAddr>,
+    /// Allow loopback, private and other non-public destinations (tests and the demo).
+    pub allow_private_destinations: bool,
+    /// Time allowed to resolve and connect.
+    pub connect_timeout: Duration,
+    /// Time allowed for the server's response head.
+    pub response_timeout: Duration,
+}
+
+impl Default for ExitConfig {
+    fn default() -> Self {
+        Self {
+            source_ip: None,
+            allow_private_destinations: false,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The addresses of `host:port` this exit may connect to (resolved here, at the exit).
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    config: &ExitConfig,
+) -> Result<Vec<SocketAddr>, ErrorKind> {
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(
+        config.connect_timeout,
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .map_err(|_| ErrorKind::OriginUnreachable)?
+    .map_err(|_| ErrorKind::OriginUnreachable)?
+    .collect();
+    if addrs.is_empty() {
+        return Err(ErrorKind::OriginUnreachable);
+    }
+    let allowed: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| config.allow_private_destinations || policy::is_public(a.ip()))
+        .filter(|a| a.port() != 0)
+        .collect();
+    if allowed.is_empty() {
+        return Err(ErrorKind::ExitPolicy);
+    }
+    Ok(allowed)
+}
+
+/// Connects to the first reachable address, from the configured source address.
+pub async fn connect(addrs: &[SocketAddr], config: &ExitConfig) -> Result<TcpStream, ErrorKind> {
+    for addr in addrs {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        };
+        let Ok(socket) = socket else { continue };
+        if let Some(src) = config.source_ip {
+            if src.is_ipv4() == addr.is_ipv4()
+                && !src.is_unspecified()
+                && socket.bind(SocketAddr::new(src, 0)).is_err()
+            {
+                continue;
+            }
+        }
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(config.connect_timeout, socket.connect(*addr)).await
+        {
+            let _ = stream.set_nodelay(true);
+            return Ok(stream);
+        }
+    }
+    Err(ErrorKind::OriginUnreachable)
+}
+
+/// Submits a relayed request to its server and returns the server's response.
+pub async fn submit(req: Request<Body>, config: &ExitConfig) -> Response<Body> {
+    match try_submit(req, config).await {
+        Ok(resp) => resp,
+        Err(kind) => body::crowd_error(kind),
+    }
+}
+
+async fn try_submit(req: Request<Body>, config: &ExitConfig) -> Result<Response<Body>, ErrorKind> {
+    let target = relay::http_target(req.uri()).map_err(|_| ErrorKind::BadRequest)?;
+    let addrs = resolve(&target.host, target.port, config).await?;
+    let stream = connect(&addrs, config).await?;
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or(ErrorKind::BadRequest)?;
+    headers::sanitize_request(&mut parts.headers);
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&authority).map_err(|_| ErrorKind::BadRequest)?,
+    );
+    let origin_form = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    parts.uri = origin_form
+        .parse::<Uri>()
+        .map_err(|_| ErrorKind::BadRequest)?;
+    parts.version = http::Version::HTTP_11;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(1024 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ErrorKind::OriginUnreachable)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("origin connection ended: {e}");
+        }
+    });
+    let resp = tokio::time::timeout(
+        config.response_timeout,
+        sender.send_request(Request::from_parts(parts, body)),
+    )
+    .await
+    .map_err(|_| ErrorKind::Timeout)?
+    .map_err(|_| ErrorKind::OriginUnreachable)?;
+    let (mut parts, incoming) = resp.into_parts();
+    headers::sanitize_response(&mut parts.headers);
+    Ok(Response::from_parts(parts, body::stream(incoming)))
+}

@@ -1,0 +1,577 @@
+//! The jondo daemon: a crowd member's proxy, relay and exit in one process.
+//!
+//! Owns the wiring: it logs in at the blender, keeps the crowd document fresh (and acts
+//! on epoch changes: new members re-form every path, departed members close links),
+//! heartbeats, listens for peers (TLS admits only keys in the current document) and
+//! runs each relayed request through the path table: forward on a link, to itself, or
+//! submit at the exit. The rules themselves live in [`crowds_proto`]; this module is
+//! the thin async shell around them. It never logs destinations or contents.
+
+use crate::blender_client::BlenderClient;
+use crate::body::{self, Body};
+use crate::control;
+use crate::error::NodeError;
+use crate::exit::{self, ExitConfig};
+use crate::files;
+use crate::link::{self, Links};
+use crate::net::{self, now_ms};
+use crate::proxy;
+use crate::socks;
+use crate::tls;
+use crowds_proto::document::CrowdDocument;
+use crowds_proto::identity::PublicKey;
+use crowds_proto::path::{Hop, PathId, PathTable, Predecessor, RouteError};
+use crowds_proto::relay::{self, ErrorKind, PATH_HEADER};
+use crowds_proto::view::{Change, CrowdView};
+use crowds_proto::MemberId;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Most concurrent peer connections.
+pub const MAX_PEER_CONNECTIONS: usize = 1024;
+
+/// Settings of a jondo.
+#[derive(Debug, Clone)]
+pub struct JondoConfig {
+    /// Holds the identity key.
+    pub data_dir: PathBuf,
+    /// The blender's API address, `HOST:PORT`.
+    pub blender: String,
+    /// The blender's public key (pinned).
+    pub blender_key: PublicKey,
+    /// Account name at the blender.
+    pub account: String,
+    /// The account's password.
+    pub password: String,
+    /// Where peers connect.
+    pub peer_listen: SocketAddr,
+    /// The address announced to the crowd (default: `peer_listen`'s bound address).
+    pub advertise: Option<SocketAddr>,
+    /// The local HTTP proxy.
+    pub proxy_listen: SocketAddr,
+    /// The local SOCKS5 proxy.
+    pub socks_listen: Option<SocketAddr>,
+    /// The status port.
+    pub control_listen: SocketAddr,
+    /// Allow non-public destinations at this jondo's exit.
+    pub allow_private_destinations: bool,
+    /// How often to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How often to check for a new crowd document.
+    pub poll_interval: Duration,
+}
+
+/// The crowd as this jondo currently uses it.
+pub struct Crowd {
+    /// The verified document.
+    pub doc: CrowdDocument,
+    /// This jondo's member id, if it is listed.
+    pub self_id: Option<MemberId>,
+    /// Members that may be chosen as forwarders.
+    pub forwarders: Vec<MemberId>,
+    by_key: HashMap<PublicKey, MemberId>,
+}
+
+impl Crowd {
+    fn new(doc: CrowdDocument, me: &PublicKey) -> Self {
+        let by_key: HashMap<PublicKey, MemberId> =
+            doc.members.iter().map(|m| (m.key, m.id)).collect();
+        Self {
+            self_id: by_key.get(me).copied(),
+            forwarders: doc.forwarders(),
+            by_key,
+            doc,
+        }
+    }
+}
+
+type CrowdCell = Arc<RwLock<Option<Arc<Crowd>>>>;
+
+/// Traffic counters (never destinations).
+#[derive(Default)]
+pub struct Stats {
+    /// Requests this jondo's user started.
+    pub initiated: AtomicU64,
+    /// Requests relayed for other members.
+    pub relayed: AtomicU64,
+    /// Requests submitted to servers as the exit.
+    pub submitted: AtomicU64,
+    /// Paths that broke under this jondo.
+    pub path_failures: AtomicU64,
+}
+
+/// The shared state of a running jondo.
+pub struct Node {
+    me: PublicKey,
+    crowd: CrowdCell,
+    view: Mutex<CrowdView>,
+    paths: Mutex<PathTable>,
+    links: Links,
+    exit: ExitConfig,
+    /// Counters shown on the status port.
+    pub stats: Stats,
+    blender_ok: AtomicBool,
+    started_at: u64,
+    refresh: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    /// The crowd now, if a document is held.
+    pub fn crowd(&self) -> Option<Arc<Crowd>> {
+        self.crowd.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the blender answered the last call.
+    pub fn blender_reachable(&self) -> bool {
+        self.blender_ok.load(Ordering::Relaxed)
+    }
+
+    /// Number of paths through this jondo.
+    pub fn path_count(&self) -> usize {
+        lock(&self.paths).len()
+    }
+
+    /// When this jondo started (unix ms).
+    pub fn started_at(&self) -> u64 {
+        self.started_at
+    }
+
+    /// Number of open outgoing links.
+    pub fn open_links(&self) -> usize {
+        self.links.open_links()
+    }
+
+    /// Verifies and adopts a fetched document.
+    fn adopt(&self, bytes: &[u8]) -> Result<Change, crowds_proto::view::ViewError> {
+        let mut view = lock(&self.view);
+        let change = view.accept(bytes, now_ms())?;
+        let Some(doc) = view.current().cloned() else {
+            return Ok(change);
+        };
+        drop(view);
+        let crowd = Arc::new(Crowd::new(doc, &self.me));
+        if let Change::NewEpoch { joined, left } = &change {
+            let mut paths = lock(&self.paths);
+            if change.reforms_paths() {
+                // New members: every path in the crowd re-forms now, together.
+                paths.forget_all();
+            }
+            for id in left {
+                paths.forget_from(*id);
+                self.links.forget(*id);
+            }
+            tracing::info!(
+                epoch = crowd.doc.epoch,
+                members = crowd.doc.members.len(),
+                joined = joined.len(),
+                left = left.len(),
+                admitted = crowd.self_id.is_some(),
+                "new crowd epoch"
+            );
+        }
+        *self.crowd.write().unwrap_or_else(|p| p.into_inner()) = Some(crowd);
+        Ok(change)
+    }
+
+    /// Starts a request from this jondo's user into the crowd.
+    pub async fn initiate(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
+        self.stats.initiated.fetch_add(1, Ordering::Relaxed);
+        let resp = self.clone().relay(Predecessor::Local, req).await;
+        if relay::error_kind(resp.headers()) == Some(ErrorKind::PathBroken) {
+            // Our own path failed somewhere: re-form it on the next request.
+            lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
+        }
+        resp
+    }
+
+    /// Handles a request arriving on a path from `pred`.
+    pub fn relay(
+        self: Arc<Self>,
+        pred: Predecessor,
+        mut req: Request<Body>,
+    ) -> BoxFuture<'static, Response<Body>> {
+        async move {
+            let Some(crowd) = self
+                .crowd()
+                .filter(|c| c.self_id.is_some() && now_ms() < c.doc.expires_at)
+            else {
+                return body::crowd_error(ErrorKind::NotAdmitted);
+            };
+            let self_id = crowd.self_id.unwrap_or_default();
+            let in_path = match pred {
+                Predecessor::Local => PathId::LOCAL,
+                Predecessor::Member(id) => {
+                    if crowd.doc.member(id).is_none() {
+                        return body::crowd_error(ErrorKind::NotAdmitted);
+                    }
+                    if id != self_id {
+                        self.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match relay::path_id(req.headers()) {
+                        Ok(p) => p,
+                        Err(_) => return body::crowd_error(ErrorKind::BadRequest),
+                    }
+                }
+            };
+            if relay::http_target(req.uri()).is_err() {
+                return body::crowd_error(ErrorKind::BadRequest);
+            }
+            let hop = lock(&self.paths).route(
+                &mut rand::thread_rng(),
+                pred,
+                in_path,
+                crowd.doc.forward_probability,
+                &crowd.forwarders,
+            );
+            match hop {
+                Err(RouteError::TableFull) => body::crowd_error(ErrorKind::Overloaded),
+                Err(_) => body::crowd_error(ErrorKind::NotAdmitted),
+                Ok(Hop::Submit) => {
+                    self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+                    exit::submit(req, &self.exit).await
+                }
+                Ok(Hop::Forward { successor, path }) => {
+                    let id = HeaderValue::from_str(&path.to_hex())
+                        .unwrap_or(HeaderValue::from_static("0"));
+                    req.headers_mut().insert(PATH_HEADER, id);
+                    if successor == self_id {
+                        return self.relay(Predecessor::Member(self_id), req).await;
+                    }
+                    let Some(member) = crowd.doc.member(successor) else {
+                        return body::crowd_error(ErrorKind::PathBroken);
+                    };
+                    match self.links.send(member, req).await {
+                        Ok(resp) => resp.map(body::stream),
+                        Err(e) => {
+                            tracing::warn!("path broken: {e}");
+                            self.stats.path_failures.fetch_add(1, Ordering::Relaxed);
+                            lock(&self.paths).forget(pred, in_path);
+                            self.links.forget(successor);
+                            body::crowd_error(ErrorKind::PathBroken)
+                        }
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A running jondo.
+pub struct RunningJondo {
+    /// The bound peer address.
+    pub peer_addr: SocketAddr,
+    /// The bound HTTP proxy address.
+    pub proxy_addr: SocketAddr,
+    /// The bound SOCKS address.
+    pub socks_addr: Option<SocketAddr>,
+    /// The bound control address.
+    pub control_addr: SocketAddr,
+    /// This jondo's member id at the blender.
+    pub member_id: MemberId,
+    /// Shared state (for the demo and tests).
+    pub node: Arc<Node>,
+    blender: BlenderClient,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningJondo {
+    /// Tells the blender this jondo leaves (bounded in time). Call after shutdown.
+    pub async fn leave(&self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(3),
+            self.blender.call(Method::POST, "/v1/leave", None, None),
+        )
+        .await;
+    }
+
+    /// Waits for every task to end (after shutdown is signalled).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts a jondo: binds its ports, joins the crowd, and serves until `shutdown`.
+pub async fn start(
+    config: JondoConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningJondo, NodeError> {
+    let identity = Arc::new(files::load_or_create_identity(&config.data_dir)?);
+    let me = identity.public();
+    let peer_listener = net::bind(config.peer_listen, "peers").await?;
+    let proxy_listener = net::bind(config.proxy_listen, "the HTTP proxy").await?;
+    let control_listener = net::bind(config.control_listen, "the control port").await?;
+    let socks_listener = match config.socks_listen {
+        Some(a) => Some(net::bind(a, "the SOCKS proxy").await?),
+        None => None,
+    };
+    let addr_of = |l: &tokio::net::TcpListener| {
+        l.local_addr()
+            .map_err(|e| NodeError::io("listener address", e))
+    };
+    let peer_addr = addr_of(&peer_listener)?;
+    let proxy_addr = addr_of(&proxy_listener)?;
+    let control_addr = addr_of(&control_listener)?;
+    let socks_addr = socks_listener.as_ref().map(addr_of).transpose()?;
+    let advertise = config.advertise.unwrap_or(peer_addr);
+
+    let blender = BlenderClient::new(config.blender.clone(), &identity, config.blender_key)?;
+    let joined = join_with_retry(&blender, &config, advertise, &shutdown).await?;
+    tracing::info!(member = joined.member_id, status = %joined.status, "logged in at the blender");
+
+    let crowd: CrowdCell = Arc::new(RwLock::new(None));
+    let node = Arc::new(Node {
+        me,
+        crowd: crowd.clone(),
+        view: Mutex::new(CrowdView::new(config.blender_key)),
+        paths: Mutex::new(PathTable::new()),
+        links: Links::new(identity.clone()),
+        exit: ExitConfig {
+            source_ip: Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified()),
+            allow_private_destinations: config.allow_private_destinations,
+            ..ExitConfig::default()
+        },
+        stats: Stats::default(),
+        blender_ok: AtomicBool::new(true),
+        started_at: now_ms(),
+        refresh: Notify::new(),
+    });
+
+    let mut tasks = Vec::new();
+    // Peers: TLS admits only keys listed in the current crowd document.
+    let policy_node = Arc::downgrade(&node);
+    let policy: tls::KeyPolicy = Arc::new(move |key: &PublicKey| {
+        let known = crowd
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|c| c.by_key.contains_key(key));
+        if !known {
+            // Perhaps it joined in an epoch we have not fetched yet.
+            if let Some(n) = policy_node.upgrade() {
+                n.refresh.notify_one();
+            }
+        }
+        known
+    });
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&identity, policy)?));
+    let peer_node = node.clone();
+    tasks.push(net::spawn_accept_loop(
+        peer_listener,
+        MAX_PEER_CONNECTIONS,
+        shutdown.clone(),
+        move |stream, _| serve_peer(peer_node.clone(), acceptor.clone(), stream),
+    ));
+    let proxy_node = node.clone();
+    tasks.push(net::spawn_accept_loop(
+        proxy_listener,
+        proxy::MAX_CLIENT_CONNECTIONS,
+        shutdown.clone(),
+        move |stream, _| proxy::serve(proxy_node.clone(), stream),
+    ));
+    let control_node = node.clone();
+    tasks.push(net::spawn_accept_loop(
+        control_listener,
+        64,
+        shutdown.clone(),
+        move |stream, _| control::serve(control_node.clone(), stream),
+    ));
+    if let Some(l) = socks_listener {
+        tasks.push(net::spawn_accept_loop(
+            l,
+            64,
+            shutdown.clone(),
+            |stream, _| socks::refuse(stream),
+        ));
+    }
+    tasks.push(tokio::spawn(poll_documents(
+        node.clone(),
+        blender.clone(),
+        config.poll_interval,
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(heartbeat(
+        node.clone(),
+        blender.clone(),
+        config.clone(),
+        advertise,
+        shutdown.clone(),
+    )));
+    Ok(RunningJondo {
+        peer_addr,
+        proxy_addr,
+        socks_addr,
+        control_addr,
+        member_id: joined.member_id,
+        node,
+        blender,
+        tasks,
+    })
+}
+
+async fn join_with_retry(
+    blender: &BlenderClient,
+    config: &JondoConfig,
+    advertise: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<crate::blender::JoinResponse, NodeError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match blender
+            .join(&config.account, &config.password, advertise)
+            .await
+        {
+            Err(NodeError::Blender(e)) => {
+                tracing::warn!("blender not reachable yet ({e}); retrying in {delay:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(NodeError::Blender("shut down before joining".into())),
+                    _ = tokio::time::sleep(jitter(delay)) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+}
+
+async fn serve_peer(node: Arc<Node>, acceptor: TlsAcceptor, stream: tokio::net::TcpStream) {
+    let Ok(Ok(tls)) = tokio::time::timeout(net::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+    else {
+        return;
+    };
+    let Some(key) = tls::peer_key(tls.get_ref().1) else {
+        return;
+    };
+    let Some(pred) = node.crowd().and_then(|c| c.by_key.get(&key).copied()) else {
+        return;
+    };
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let node = node.clone();
+        async move {
+            let req = req.map(body::stream);
+            Ok::<_, std::convert::Infallible>(node.relay(Predecessor::Member(pred), req).await)
+        }
+    });
+    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(link::STREAM_WINDOW)
+        .initial_connection_window_size(link::CONNECTION_WINDOW)
+        .max_concurrent_streams(link::MAX_STREAMS_PER_LINK)
+        .max_header_list_size(link::MAX_HEADER_LIST)
+        .keep_alive_interval(link::KEEPALIVE)
+        .keep_alive_timeout(link::KEEPALIVE)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!("peer link ended: {e}");
+    }
+}
+
+async fn poll_documents(
+    node: Arc<Node>,
+    blender: BlenderClient,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut etag: Option<HeaderValue> = None;
+    let mut failures = 0u32;
+    loop {
+        let wait = if failures == 0 {
+            every
+        } else {
+            jitter((every * 2u32.saturating_pow(failures.min(5))).min(Duration::from_secs(60)))
+        };
+        match blender
+            .call(Method::GET, "/v1/crowd", None, etag.as_ref())
+            .await
+        {
+            Ok(reply) if reply.status == StatusCode::OK => {
+                failures = 0;
+                node.blender_ok.store(true, Ordering::Relaxed);
+                match node.adopt(&reply.body) {
+                    Ok(_) => etag = reply.headers.get(header::ETAG).cloned(),
+                    Err(e) => tracing::warn!("rejected a crowd document: {e}"),
+                }
+            }
+            Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => {
+                failures = 0;
+                node.blender_ok.store(true, Ordering::Relaxed);
+            }
+            Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
+                node.blender_ok.store(true, Ordering::Relaxed);
+            }
+            Ok(reply) => {
+                failures += 1;
+                tracing::warn!("blender answered {} to a document fetch", reply.status);
+            }
+            Err(e) => {
+                failures += 1;
+                node.blender_ok.store(false, Ordering::Relaxed);
+                tracing::warn!("{e}; keeping the last crowd document until it expires");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = node.refresh.notified() => {}
+        }
+    }
+}
+
+async fn heartbeat(
+    node: Arc<Node>,
+    blender: BlenderClient,
+    config: JondoConfig,
+    advertise: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(jitter(config.heartbeat_interval)) => {}
+        }
+        match blender
+            .call(Method::POST, "/v1/heartbeat", None, None)
+            .await
+        {
+            Ok(r) if r.status == StatusCode::FORBIDDEN => {
+                // The blender dropped us (we were silent, or it lost state): join again.
+                tracing::warn!("the blender no longer lists this jondo; joining again");
+                if let Err(e) = blender
+                    .join(&config.account, &config.password, advertise)
+                    .await
+                {
+                    tracing::warn!("re-join failed: {e}");
+                }
+            }
+            Ok(_) => node.blender_ok.store(true, Ordering::Relaxed),
+            Err(e) => {
+                node.blender_ok.store(false, Ordering::Relaxed);
+                tracing::warn!("heartbeat failed: {e}");
+            }
+        }
+    }
+}

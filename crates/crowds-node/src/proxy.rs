@@ -1,0 +1,90 @@
+//! The local HTTP proxy: where the user's browser hands requests to the jondo.
+//!
+//! Owns the client side of HTTP/1.x (keep-alive, pipelining, streaming bodies both
+//! ways, header size limits, slow-client timeouts via hyper), the check that a request
+//! is an absolute-form `http://` request, header hygiene before the request enters the
+//! crowd, and turning crowd errors into pages the user can read. It listens on loopback
+//! by default and never logs what the user asks for.
+
+use crate::body::{self, Body};
+use crate::jondo::Node;
+use crowds_proto::headers;
+use crowds_proto::relay::{self, ErrorKind, TargetError};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Largest request head (request line plus headers) a client may send.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Time a client has to send a complete request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most concurrent client connections.
+pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
+
+/// Serves one client connection.
+pub async fn serve(node: Arc<Node>, stream: TcpStream) {
+    let service = service_fn(move |req| {
+        let node = node.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(node, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true)
+        .pipeline_flush(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+}
+
+fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\">\
+         <h1>{title}</h1><p>{text}</p><p><small>crowds jondo</small></p></body></html>"
+    );
+    let mut resp = Response::new(body::full(html));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return page(
+            StatusCode::NOT_IMPLEMENTED,
+            "HTTPS not yet supported",
+            "This jondo does not yet tunnel HTTPS (CONNECT) through the crowd.",
+        );
+    }
+    if let Err(e) = relay::http_target(req.uri()) {
+        let text = match e {
+            TargetError::NotAbsoluteHttp => "This is a Crowds proxy. Configure your browser or client to use it as its HTTP proxy; requests must be in absolute form (http://host/path).".to_string(),
+            other => other.to_string(),
+        };
+        return page(StatusCode::BAD_REQUEST, "Bad request", &text);
+    }
+    let (mut parts, incoming) = req.into_parts();
+    headers::sanitize_request(&mut parts.headers);
+    let req = Request::from_parts(parts, body::stream(incoming));
+    let mut resp = node.initiate(req).await;
+    if let Some(kind) = relay::error_kind(resp.headers()) {
+        let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let title = match kind {
+            ErrorKind::ExitPolicy => "Refused by the crowd's exit policy",
+            ErrorKind::PathBroken => "Crowd path broken",
+            _ => "Crowd error",
+        };
+        return page(status, title, kind.explain());
+    }
+    headers::sanitize_response(resp.headers_mut());
+    resp
+}
