@@ -170,10 +170,15 @@ struct DemoArgs {
     proxy_port: u16,
 }
 
-/// Logs go to standard error, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
+/// Logs go to standard error, filtered by `RUST_LOG` (default `info`; `warn` for the
+/// demo, whose output is its table and instructions).
+pub fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -8,7 +8,7 @@ use clap::Parser;
 
 fn main() -> Result<()> {
     let args = cli::Cli::parse();
-    cli::init_logging();
+    cli::init_logging(&args);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
