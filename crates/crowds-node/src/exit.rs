@@ -5,9 +5,11 @@
 //! jondo's own peer address, so the server sees this member), header hygiene applied
 //! once more as a safety net, and the response head timeout. One fresh connection per
 //! request: connections to servers are never pooled, so two initiators' requests can
-//! never be linked by sharing one. Never logs destinations.
+//! never be linked by sharing one. `CONNECT` opens a byte tunnel to the server instead.
+//! Never logs destinations.
 
 use crate::body::{self, Body};
+use crate::tunnel;
 use crowds_proto::headers;
 use crowds_proto::policy;
 use crowds_proto::relay::{self, ErrorKind};
@@ -103,10 +105,20 @@ pub async fn submit(req: Request<Body>, config: &ExitConfig) -> Response<Body> {
     }
 }
 
-async fn try_submit(req: Request<Body>, config: &ExitConfig) -> Result<Response<Body>, ErrorKind> {
-    let target = relay::http_target(req.uri()).map_err(|_| ErrorKind::BadRequest)?;
+async fn try_submit(
+    mut req: Request<Body>,
+    config: &ExitConfig,
+) -> Result<Response<Body>, ErrorKind> {
+    let target =
+        relay::request_target(req.method(), req.uri()).map_err(|_| ErrorKind::BadRequest)?;
     let addrs = resolve(&target.host, target.port, config).await?;
     let stream = connect(&addrs, config).await?;
+    if req.method() == http::Method::CONNECT {
+        // A tunnel: once our predecessor's stream is upgraded, splice it to the server.
+        let upstream = tunnel::take_upgrade(&mut req).ok_or(ErrorKind::BadRequest)?;
+        tunnel::splice_stream(upstream, stream);
+        return Ok(Response::new(body::empty()));
+    }
     let (mut parts, body) = req.into_parts();
     let authority = parts
         .uri

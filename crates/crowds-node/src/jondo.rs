@@ -18,6 +18,7 @@ use crate::net::{self, now_ms};
 use crate::proxy;
 use crate::socks;
 use crate::tls;
+use crate::tunnel;
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::identity::PublicKey;
 use crowds_proto::path::{Hop, PathId, PathTable, Predecessor, RouteError};
@@ -229,7 +230,7 @@ impl Node {
                     }
                 }
             };
-            if relay::http_target(req.uri()).is_err() {
+            if relay::request_target(req.method(), req.uri()).is_err() {
                 return body::crowd_error(ErrorKind::BadRequest);
             }
             let hop = lock(&self.paths).route(
@@ -256,8 +257,23 @@ impl Node {
                     let Some(member) = crowd.doc.member(successor) else {
                         return body::crowd_error(ErrorKind::PathBroken);
                     };
+                    // A tunnel: our predecessor's stream is spliced to our successor's
+                    // once the successor accepts.
+                    let upstream = tunnel::take_upgrade(&mut req);
                     match self.links.send(member, req).await {
-                        Ok(resp) => resp.map(body::stream),
+                        Ok(mut resp) => {
+                            if let Some(up) = upstream {
+                                if resp.status().is_success() {
+                                    let Some(down) = tunnel::take_upgrade(&mut resp) else {
+                                        return body::crowd_error(ErrorKind::PathBroken);
+                                    };
+                                    tunnel::splice(up, down);
+                                    let (parts, _) = resp.into_parts();
+                                    return Response::from_parts(parts, body::empty());
+                                }
+                            }
+                            resp.map(body::stream)
+                        }
                         Err(e) => {
                             tracing::warn!("path broken: {e}");
                             self.stats.path_failures.fetch_add(1, Ordering::Relaxed);

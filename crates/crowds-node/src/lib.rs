@@ -10,6 +10,7 @@
 //! - [`jondo`]: the member daemon wiring everything below together.
 //! - [`link`]: TLS 1.3 + HTTP/2 connections between jondos; [`tls`] pins raw keys.
 //! - [`proxy`]: the local HTTP proxy; [`socks`]: the SOCKS5 port (placeholder).
+//! - [`tunnel`]: splicing CONNECT tunnels hop by hop.
 //! - [`exit`]: submitting requests to servers (DNS at the exit, address policy).
 //! - [`control`]: the jondo's status port.
 //! - [`blender_client`]: a jondo's calls to the blender.
@@ -32,5 +33,6 @@ pub mod site;
 pub mod socks;
 pub mod store;
 pub mod tls;
+pub mod tunnel;
 
 pub use error::NodeError;

@@ -58,23 +58,22 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
 }
 
 async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    if req.method() == Method::CONNECT {
-        return page(
-            StatusCode::NOT_IMPLEMENTED,
-            "HTTPS not yet supported",
-            "This jondo does not yet tunnel HTTPS (CONNECT) through the crowd.",
-        );
-    }
-    if let Err(e) = relay::http_target(req.uri()) {
+    if let Err(e) = relay::request_target(req.method(), req.uri()) {
         let text = match e {
             TargetError::NotAbsoluteHttp => "This is a Crowds proxy. Configure your browser or client to use it as its HTTP proxy; requests must be in absolute form (http://host/path).".to_string(),
             other => other.to_string(),
         };
         return page(StatusCode::BAD_REQUEST, "Bad request", &text);
     }
+    let is_connect = req.method() == Method::CONNECT;
     let (mut parts, incoming) = req.into_parts();
     headers::sanitize_request(&mut parts.headers);
-    let req = Request::from_parts(parts, body::stream(incoming));
+    let req = if is_connect {
+        // The client's bytes follow the 200, on the upgraded connection.
+        Request::from_parts(parts, body::empty())
+    } else {
+        Request::from_parts(parts, body::stream(incoming))
+    };
     let mut resp = node.initiate(req).await;
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -86,5 +85,11 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         return page(status, title, kind.explain());
     }
     headers::sanitize_response(resp.headers_mut());
+    if is_connect && resp.status().is_success() {
+        // Answer the client with a bare 200: it now talks to the server through the tunnel.
+        let mut ok = Response::new(body::empty());
+        *ok.status_mut() = resp.status();
+        return ok;
+    }
     resp
 }

@@ -107,6 +107,9 @@ pub enum TargetError {
     /// Longer than [`MAX_URI_LEN`].
     #[error("request target too long")]
     TooLong,
+    /// A CONNECT target that is not `host:port`.
+    #[error("CONNECT needs a host:port target")]
+    NotAuthority,
     /// The `crowds-path` header is missing or malformed.
     #[error("missing or malformed crowds-path header")]
     BadPathId,
@@ -146,6 +149,48 @@ pub fn http_target(uri: &Uri) -> Result<Target, TargetError> {
         host: host.to_string(),
         port: authority.port_u16().unwrap_or(80),
     })
+}
+
+/// Checks a `CONNECT host:port` target (authority form, port required).
+pub fn connect_target(uri: &Uri) -> Result<Target, TargetError> {
+    if uri.scheme().is_some()
+        || uri
+            .path_and_query()
+            .is_some_and(|p| !p.as_str().is_empty() && p.as_str() != "/")
+    {
+        return Err(TargetError::NotAuthority);
+    }
+    let authority = uri.authority().ok_or(TargetError::NotAuthority)?;
+    if authority.as_str().len() > MAX_URI_LEN {
+        return Err(TargetError::TooLong);
+    }
+    if authority.as_str().contains('@') {
+        return Err(TargetError::UserInfo);
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority
+        .port_u16()
+        .filter(|p| *p != 0)
+        .ok_or(TargetError::NotAuthority)?;
+    if host.is_empty() {
+        return Err(TargetError::NotAuthority);
+    }
+    Ok(Target {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// The destination of a relayed request: `CONNECT host:port` or absolute `http://`.
+pub fn request_target(method: &http::Method, uri: &Uri) -> Result<Target, TargetError> {
+    if method == http::Method::CONNECT {
+        connect_target(uri)
+    } else {
+        http_target(uri)
+    }
 }
 
 /// Reads the path id of a relayed request.
@@ -200,6 +245,22 @@ mod tests {
     }
 
     #[test]
+    fn connect_targets() {
+        let m = http::Method::CONNECT;
+        let t = request_target(&m, &"example.org:443".parse().expect("uri")).expect("ok");
+        assert_eq!((t.host.as_str(), t.port), ("example.org", 443));
+        let t = request_target(&m, &"[::1]:8443".parse().expect("uri")).expect("ok");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
+        for bad in ["example.org", "http://example.org:443/", "example.org:0"] {
+            let uri: Uri = bad.parse().expect("uri");
+            assert!(request_target(&m, &uri).is_err(), "{bad}");
+        }
+        assert!(
+            request_target(&http::Method::GET, &"example.org:443".parse().expect("uri")).is_err()
+        );
+    }
+
+    #[test]
     fn path_header() {
         let mut h = HeaderMap::new();
         assert_eq!(path_id(&h), Err(TargetError::BadPathId));
@@ -233,6 +294,7 @@ mod tests {
         fn garbage_targets_never_panic(s in "\\PC{0,200}") {
             if let Ok(uri) = s.parse::<Uri>() {
                 let _ = http_target(&uri);
+                let _ = connect_target(&uri);
             }
             let _ = PathId::from_hex(&s);
         }
