@@ -95,7 +95,7 @@ pub async fn start(
             peer_listen: SocketAddr::new(ip, 0),
             advertise: None,
             proxy_listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
-            socks_listen: None,
+            socks_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             control_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             allow_private_destinations: true,
             heartbeat_interval: Duration::from_secs(5),

@@ -411,11 +411,12 @@ pub async fn start(
         move |stream, _| control::serve(control_node.clone(), stream),
     ));
     if let Some(l) = socks_listener {
+        let socks_node = node.clone();
         tasks.push(net::spawn_accept_loop(
             l,
-            64,
+            proxy::MAX_CLIENT_CONNECTIONS,
             shutdown.clone(),
-            |stream, _| socks::refuse(stream),
+            move |stream, _| socks::serve(socks_node.clone(), stream),
         ));
     }
     tasks.push(tokio::spawn(poll_documents(

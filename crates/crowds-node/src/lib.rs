@@ -9,7 +9,7 @@
 //!   [`store`] keeps its accounts and epochs in SQLite.
 //! - [`jondo`]: the member daemon wiring everything below together.
 //! - [`link`]: TLS 1.3 + HTTP/2 connections between jondos; [`tls`] pins raw keys.
-//! - [`proxy`]: the local HTTP proxy; [`socks`]: the SOCKS5 port (placeholder).
+//! - [`proxy`]: the local HTTP proxy; [`socks`]: the local SOCKS5 proxy.
 //! - [`tunnel`]: splicing CONNECT tunnels hop by hop.
 //! - [`exit`]: submitting requests to servers (DNS at the exit, address policy).
 //! - [`control`]: the jondo's status port.

@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Largest request head (request line plus headers) a client may send.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -25,8 +24,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most concurrent client connections.
 pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 
-/// Serves one client connection.
-pub async fn serve(node: Arc<Node>, stream: TcpStream) {
+/// Serves one client connection (a TCP stream, or an in-memory pipe for SOCKS).
+pub async fn serve<I>(node: Arc<Node>, stream: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let node = node.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(node, req).await) }

@@ -17,6 +17,7 @@
 //! - [`headers`]: header hygiene for requests entering the crowd and responses leaving it.
 //! - [`anonymity`]: the paper's closed-form guarantees (probable innocence).
 //! - [`policy`]: which destination addresses an exit may submit to.
+//! - [`socks`]: SOCKS5 messages for the local SOCKS port.
 
 pub mod anonymity;
 pub mod document;
@@ -26,6 +27,7 @@ pub mod path;
 pub mod policy;
 pub mod relay;
 pub mod roster;
+pub mod socks;
 pub mod view;
 
 /// A member of a crowd, as numbered by the blender (one account, one member id).

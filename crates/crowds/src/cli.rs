@@ -410,9 +410,15 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
         );
     }
     println!("  sample site   http://{site}/");
+    if let Some(socks) = crowd.jondos[0].socks_addr {
+        println!("  SOCKS5        {socks} (jondo 1)");
+    }
     println!();
     println!("Browse through the crowd:");
     println!("  curl -x http://{first} http://{site}/whoami");
+    if let Some(socks) = crowd.jondos[0].socks_addr {
+        println!("  curl --socks5-hostname {socks} http://{site}/whoami");
+    }
     println!(
         "  chromium --proxy-server=http://{first} --proxy-bypass-list='<-loopback>' http://{site}/"
     );
