@@ -17,7 +17,7 @@ use crate::files::{self, BLENDER_PUB_FILE};
 use crate::net::{self, now_ms};
 use crate::store::Store;
 use crate::tls;
-use crowds_proto::document::Member;
+use crowds_proto::document::{Member, FLAG_CLIENT_ONLY};
 use crowds_proto::identity::{PublicKey, SecretKey};
 use crowds_proto::roster::{JoinOutcome, Roster, RosterConfig};
 use crowds_proto::MemberId;
@@ -55,6 +55,10 @@ pub struct BlenderConfig {
     pub heartbeat_timeout: Duration,
     /// Validity of each signed document.
     pub document_lifetime: Duration,
+    /// An account is admitted at most once per this interval.
+    pub rejoin_interval: Duration,
+    /// Time allowed to connect back to a joining jondo's peer address.
+    pub connect_back_timeout: Duration,
 }
 
 impl BlenderConfig {
@@ -67,6 +71,8 @@ impl BlenderConfig {
             join_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(30),
             document_lifetime: Duration::from_secs(600),
+            rejoin_interval: Duration::from_secs(300),
+            connect_back_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -89,6 +95,10 @@ pub struct JoinResponse {
     pub member_id: MemberId,
     /// `"member"` or `"pending"`.
     pub status: String,
+    /// The blender could not connect back to the peer address: this member is listed
+    /// as client-only (it initiates but is never chosen as a forwarder).
+    #[serde(default)]
+    pub client_only: bool,
 }
 
 struct Published {
@@ -99,6 +109,7 @@ struct Published {
 
 struct State {
     key: SecretKey,
+    connect_back_timeout: Duration,
     roster: Mutex<Roster>,
     store: Arc<Mutex<Store>>,
     published: RwLock<Option<Published>>,
@@ -155,6 +166,7 @@ pub async fn start(
         join_interval_ms: config.join_interval.as_millis() as u64,
         heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
         document_lifetime_ms: config.document_lifetime.as_millis() as u64,
+        rejoin_interval_ms: config.rejoin_interval.as_millis() as u64,
     };
     let keys = members.iter().map(|m| (m.key, m.id)).collect();
     let restored = epoch > 0;
@@ -167,6 +179,7 @@ pub async fn start(
         .map_err(|e| NodeError::io("listener address", e))?;
     let state = Arc::new(State {
         key,
+        connect_back_timeout: config.connect_back_timeout,
         roster: Mutex::new(roster),
         store: Arc::new(Mutex::new(store)),
         published: RwLock::new(None),
@@ -350,11 +363,21 @@ async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> R
         }
         _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "account store failure"),
     };
+    // The article's firewalled members: if we cannot reach the peer port, the member
+    // may still initiate paths but is never chosen as a forwarder.
+    let reachable = matches!(
+        tokio::time::timeout(
+            state.connect_back_timeout,
+            tokio::net::TcpStream::connect(join.peer_addr)
+        )
+        .await,
+        Ok(Ok(_))
+    );
     let member = Member {
         id,
         addr: join.peer_addr,
         key: client,
-        flags: 0,
+        flags: if reachable { 0 } else { FLAG_CLIENT_ONLY },
     };
     {
         let mut keys = lock(&state.keys);
@@ -365,10 +388,25 @@ async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> R
     let status = match outcome {
         JoinOutcome::AlreadyMember => "member",
         JoinOutcome::Pending => "pending",
+        JoinOutcome::TooSoon { retry_after_ms } => {
+            tracing::info!(member = id, "join refused: admitted too recently");
+            let mut resp = body::json(
+                StatusCode::TOO_MANY_REQUESTS,
+                &serde_json::json!({
+                    "error": "this account joined too recently; the crowd limits how often an account may join",
+                    "retry_after_ms": retry_after_ms,
+                }),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_ms.div_ceil(1000)),
+            );
+            return resp;
+        }
     };
-    tracing::info!(member = id, status, "join");
+    tracing::info!(member = id, status, client_only = !reachable, "join");
     body::json(
         StatusCode::OK,
-        &serde_json::json!({ "member_id": id, "status": status }),
+        &serde_json::json!({ "member_id": id, "status": status, "client_only": !reachable }),
     )
 }

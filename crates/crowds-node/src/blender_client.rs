@@ -136,6 +136,13 @@ impl BlenderClient {
             StatusCode::OK => serde_json::from_slice(&reply.body)
                 .map_err(|_| NodeError::Blender("malformed join answer".into())),
             StatusCode::UNAUTHORIZED => Err(NodeError::LoginRefused),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let ms = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                    .ok()
+                    .and_then(|v| v["retry_after_ms"].as_u64())
+                    .unwrap_or(60_000);
+                Err(NodeError::JoinTooSoon(Duration::from_millis(ms)))
+            }
             s => Err(NodeError::Blender(format!(
                 "join refused ({s}): {}",
                 String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])

@@ -75,3 +75,87 @@ pub fn crowd_error(kind: ErrorKind) -> Response<Body> {
         .insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
     resp
 }
+
+/// A body that fails if its source sends nothing for `idle` (a stalled server), so the
+/// client gets an error rather than a connection that hangs forever.
+pub fn with_idle_timeout(inner: Body, idle: std::time::Duration) -> Body {
+    IdleTimeout {
+        inner,
+        idle,
+        sleep: Box::pin(tokio::time::sleep(idle)),
+    }
+    .boxed_unsync()
+}
+
+struct IdleTimeout {
+    inner: Body,
+    idle: std::time::Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(
+                    "the server stalled: no data within the idle timeout".into(),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_bodies_fail_and_flowing_ones_do_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(4);
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let mut b = with_idle_timeout(
+            StreamBody::new(stream).boxed_unsync(),
+            std::time::Duration::from_secs(10),
+        );
+        for _ in 0..5 {
+            tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+            tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .expect("send");
+            let frame = b.frame().await.expect("frame").expect("data");
+            assert_eq!(frame.into_data().expect("data"), Bytes::from_static(b"x"));
+        }
+        // Nothing more: the body fails after the idle timeout instead of hanging.
+        let err = b.frame().await.expect("an error frame");
+        assert!(err.is_err());
+        drop(tx);
+    }
+}

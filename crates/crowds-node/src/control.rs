@@ -1,4 +1,5 @@
-//! The control port: `GET /status.json` and a small status page, on loopback.
+//! The control port: `GET /status.json`, `GET /proxy.pac` and a small status page, on
+//! loopback.
 //!
 //! Owns what a jondo tells its user about itself: epoch, crowd size, pf, admission,
 //! what the crowd size means for anonymity, traffic counters. It never shows where the
@@ -58,6 +59,9 @@ pub fn status(node: &Node) -> serde_json::Value {
         "expected_path_length": if pf > 0.0 { Some(anonymity::expected_path_length(pf)) } else { None },
         "blender_reachable": node.blender_reachable(),
         "uptime_s": now.saturating_sub(node.started_at()) / 1000,
+        "in_crowd_s": node.admitted_since().map(|t| now.saturating_sub(t) / 1000),
+        "client_only": node.client_only(),
+        "in_flight": node.in_flight(),
         "paths": node.path_count(),
         "links": node.open_links(),
         "requests": {
@@ -75,6 +79,20 @@ fn handle(node: &Node, req: &Request<Incoming>) -> Response<Body> {
     }
     match req.uri().path() {
         "/status.json" => body::json(StatusCode::OK, &status(node)),
+        "/proxy.pac" => {
+            // Everything, HTTP and HTTPS, through this jondo; never DIRECT, which would
+            // silently bypass the crowd if the jondo is down.
+            let pac = format!(
+                "function FindProxyForURL(url, host) {{\n  return \"PROXY {}\";\n}}\n",
+                node.proxy_addr
+            );
+            let mut resp = Response::new(body::full(pac));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ns-proxy-autoconfig"),
+            );
+            resp
+        }
         "/" => {
             let s = status(node);
             let safety = match s["probable_innocence_against"].as_u64() {

@@ -100,6 +100,8 @@ pub async fn start(
             allow_private_destinations: true,
             heartbeat_interval: Duration::from_secs(5),
             poll_interval: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(300),
+            server_timeout: Duration::from_secs(60),
         };
         jondos.push(jondo::start(jc, shutdown.clone()).await?);
     }

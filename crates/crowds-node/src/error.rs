@@ -18,6 +18,9 @@ pub enum NodeError {
     /// The blender refused our login.
     #[error("the blender refused the login: unknown account or wrong password")]
     LoginRefused,
+    /// The blender limits how often an account joins; try again after this long.
+    #[error("the blender admitted this account too recently; it may join again in {0:?}")]
+    JoinTooSoon(std::time::Duration),
     /// The blender answered something we cannot use.
     #[error("blender: {0}")]
     Blender(String),

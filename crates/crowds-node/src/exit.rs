@@ -9,6 +9,7 @@
 //! Never logs destinations.
 
 use crate::body::{self, Body};
+use crate::jondo::Crowd;
 use crate::tunnel;
 use crowds_proto::headers;
 use crowds_proto::policy;
@@ -30,6 +31,10 @@ pub struct ExitConfig {
     pub connect_timeout: Duration,
     /// Time allowed for the server's response head.
     pub response_timeout: Duration,
+    /// A tunnel, or a response body, that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// Destinations always refused (the blender's API).
+    pub deny: Vec<SocketAddr>,
 }
 
 impl Default for ExitConfig {
@@ -39,6 +44,8 @@ impl Default for ExitConfig {
             allow_private_destinations: false,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            deny: Vec::new(),
         }
     }
 }
@@ -98,27 +105,50 @@ pub async fn connect(addrs: &[SocketAddr], config: &ExitConfig) -> Result<TcpStr
 }
 
 /// Submits a relayed request to its server and returns the server's response.
-pub async fn submit(req: Request<Body>, config: &ExitConfig) -> Response<Body> {
-    match try_submit(req, config).await {
+/// `guard` is held for the lifetime of a tunnel.
+pub async fn submit<G: Send + 'static>(
+    req: Request<Body>,
+    config: &ExitConfig,
+    crowd: &Crowd,
+    guard: G,
+) -> Response<Body> {
+    match try_submit(req, config, crowd, guard).await {
         Ok(resp) => resp,
         Err(kind) => body::crowd_error(kind),
     }
 }
 
-async fn try_submit(
+async fn try_submit<G: Send + 'static>(
     mut req: Request<Body>,
     config: &ExitConfig,
+    crowd: &Crowd,
+    guard: G,
 ) -> Result<Response<Body>, ErrorKind> {
     let target =
         relay::request_target(req.method(), req.uri()).map_err(|_| ErrorKind::BadRequest)?;
-    let addrs = resolve(&target.host, target.port, config).await?;
+    let mut addrs = resolve(&target.host, target.port, config).await?;
+    // Never let the crowd be used against its own members' peer ports or the blender.
+    addrs.retain(|a| !config.deny.contains(a) && !crowd.doc.members.iter().any(|m| m.addr == *a));
+    if addrs.is_empty() {
+        return Err(ErrorKind::ExitPolicy);
+    }
     let stream = connect(&addrs, config).await?;
     if req.method() == http::Method::CONNECT {
-        // A tunnel: once our predecessor's stream is upgraded, splice it to the server.
-        let upstream = tunnel::take_upgrade(&mut req).ok_or(ErrorKind::BadRequest)?;
-        tunnel::splice_stream(upstream, stream);
-        return Ok(Response::new(body::empty()));
+        // A tunnel: splice our predecessor's end to the server; if the tunnel starts in
+        // this jondo (it is its own exit), hand back the other end of a pipe.
+        let mut resp = Response::new(body::empty());
+        let upstream = match tunnel::take_end(&mut req) {
+            Some(end) => end,
+            None => {
+                let (ours, theirs) = tokio::io::duplex(tunnel::TUNNEL_BUFFER);
+                resp.extensions_mut().insert(tunnel::PipeEnd::new(theirs));
+                tunnel::TunnelEnd::Pipe(ours)
+            }
+        };
+        tunnel::splice_io(upstream, stream, config.idle_timeout, guard);
+        return Ok(resp);
     }
+    drop(guard);
     let (mut parts, body) = req.into_parts();
     let authority = parts
         .uri
@@ -158,5 +188,6 @@ async fn try_submit(
     .map_err(|_| ErrorKind::OriginUnreachable)?;
     let (mut parts, incoming) = resp.into_parts();
     headers::sanitize_response(&mut parts.headers);
-    Ok(Response::from_parts(parts, body::stream(incoming)))
+    let body = body::with_idle_timeout(body::stream(incoming), config.idle_timeout);
+    Ok(Response::from_parts(parts, body))
 }

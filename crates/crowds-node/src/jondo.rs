@@ -28,12 +28,14 @@ use crowds_proto::MemberId;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -72,6 +74,10 @@ pub struct JondoConfig {
     pub heartbeat_interval: Duration,
     /// How often to check for a new crowd document.
     pub poll_interval: Duration,
+    /// Tunnels and response bodies idle this long are closed.
+    pub idle_timeout: Duration,
+    /// Time a server has to start its response.
+    pub server_timeout: Duration,
 }
 
 /// The crowd as this jondo currently uses it.
@@ -111,6 +117,8 @@ pub struct Stats {
     pub submitted: AtomicU64,
     /// Paths that broke under this jondo.
     pub path_failures: AtomicU64,
+    /// Requests retried on a re-formed path.
+    pub retries: AtomicU64,
 }
 
 /// The shared state of a running jondo.
@@ -126,6 +134,11 @@ pub struct Node {
     blender_ok: AtomicBool,
     started_at: u64,
     refresh: Notify,
+    in_flight: Arc<AtomicUsize>,
+    /// When this jondo was (continuously) admitted to the crowd, unix ms; 0 if not.
+    admitted_since: AtomicU64,
+    /// The local HTTP proxy's address (for the PAC file).
+    pub proxy_addr: SocketAddr,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,6 +166,21 @@ impl Node {
         self.started_at
     }
 
+    /// Since when this jondo has been a member of the crowd (unix ms), if it is one.
+    pub fn admitted_since(&self) -> Option<u64> {
+        Some(self.admitted_since.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Whether the crowd lists this jondo as client-only (unreachable behind a firewall).
+    pub fn client_only(&self) -> bool {
+        self.crowd()
+            .and_then(|c| {
+                c.self_id
+                    .and_then(|id| c.doc.member(id).map(|m| !m.forwards()))
+            })
+            .unwrap_or(false)
+    }
+
     /// Number of open outgoing links.
     pub fn open_links(&self) -> usize {
         self.links.open_links()
@@ -167,6 +195,11 @@ impl Node {
         };
         drop(view);
         let crowd = Arc::new(Crowd::new(doc, &self.me));
+        if crowd.self_id.is_none() {
+            self.admitted_since.store(0, Ordering::Relaxed);
+        } else if self.admitted_since.load(Ordering::Relaxed) == 0 {
+            self.admitted_since.store(now_ms(), Ordering::Relaxed);
+        }
         if let Change::NewEpoch { joined, left } = &change {
             let mut paths = lock(&self.paths);
             if change.reforms_paths() {
@@ -191,101 +224,197 @@ impl Node {
     }
 
     /// Starts a request from this jondo's user into the crowd.
-    pub async fn initiate(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
+    ///
+    /// If the path turns out to be broken before any response byte reached the user,
+    /// the path is re-formed and a request without body (GET, HEAD, OPTIONS, TRACE, and
+    /// CONNECT before its tunnel opens) is retried once on the new path.
+    pub async fn initiate(self: Arc<Self>, mut req: Request<Body>) -> Response<Body> {
         self.stats.initiated.fetch_add(1, Ordering::Relaxed);
-        let resp = self.clone().relay(Predecessor::Local, req).await;
+        // The client's end of a tunnel stays here, so the request can be retried.
+        let client_end = tunnel::take_end(&mut req);
+        let retry = retry_copy(&req);
+        let mut resp = self.clone().relay(Predecessor::Local, req).await;
         if relay::error_kind(resp.headers()) == Some(ErrorKind::PathBroken) {
-            // Our own path failed somewhere: re-form it on the next request.
+            // Our own path failed somewhere: re-form it.
             lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
+            if let Some(again) = retry {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                resp = self.clone().relay(Predecessor::Local, again).await;
+                if relay::error_kind(resp.headers()) == Some(ErrorKind::PathBroken) {
+                    lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
+                }
+            }
+        }
+        if let Some(client_end) = client_end {
+            if resp.status().is_success() {
+                let Some(crowd_end) = tunnel::take_end(&mut resp) else {
+                    return body::crowd_error(ErrorKind::PathBroken);
+                };
+                let guard = InFlight::new(&self.in_flight);
+                tunnel::splice(client_end, crowd_end, self.exit.idle_timeout, guard);
+            }
         }
         resp
+    }
+
+    /// Number of requests and tunnels in progress through this jondo.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `limit`) until no request or tunnel is in progress.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Handles a request arriving on a path from `pred`.
     pub fn relay(
         self: Arc<Self>,
         pred: Predecessor,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> BoxFuture<'static, Response<Body>> {
         async move {
-            let Some(crowd) = self
-                .crowd()
-                .filter(|c| c.self_id.is_some() && now_ms() < c.doc.expires_at)
-            else {
-                return body::crowd_error(ErrorKind::NotAdmitted);
-            };
-            let self_id = crowd.self_id.unwrap_or_default();
-            let in_path = match pred {
-                Predecessor::Local => PathId::LOCAL,
-                Predecessor::Member(id) => {
-                    if crowd.doc.member(id).is_none() {
-                        return body::crowd_error(ErrorKind::NotAdmitted);
-                    }
-                    if id != self_id {
-                        self.stats.relayed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    match relay::path_id(req.headers()) {
-                        Ok(p) => p,
-                        Err(_) => return body::crowd_error(ErrorKind::BadRequest),
-                    }
+            let guard = InFlight::new(&self.in_flight);
+            let resp = self.route(pred, req, &guard).await;
+            // The request stays in flight until its response body is done.
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .map_frame(move |f| {
+                    let _ = &guard;
+                    f
+                })
+                .boxed_unsync();
+            Response::from_parts(parts, body)
+        }
+        .boxed()
+    }
+
+    async fn route(
+        self: Arc<Self>,
+        pred: Predecessor,
+        mut req: Request<Body>,
+        guard: &InFlight,
+    ) -> Response<Body> {
+        let Some(crowd) = self
+            .crowd()
+            .filter(|c| c.self_id.is_some() && now_ms() < c.doc.expires_at)
+        else {
+            return body::crowd_error(ErrorKind::NotAdmitted);
+        };
+        let self_id = crowd.self_id.unwrap_or_default();
+        let in_path = match pred {
+            Predecessor::Local => PathId::LOCAL,
+            Predecessor::Member(id) => {
+                if crowd.doc.member(id).is_none() {
+                    return body::crowd_error(ErrorKind::NotAdmitted);
                 }
-            };
-            if relay::request_target(req.method(), req.uri()).is_err() {
-                return body::crowd_error(ErrorKind::BadRequest);
+                if id != self_id {
+                    self.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                }
+                match relay::path_id(req.headers()) {
+                    Ok(p) => p,
+                    Err(_) => return body::crowd_error(ErrorKind::BadRequest),
+                }
             }
-            let hop = lock(&self.paths).route(
-                &mut rand::thread_rng(),
-                pred,
-                in_path,
-                crowd.doc.forward_probability,
-                &crowd.forwarders,
-            );
-            match hop {
-                Err(RouteError::TableFull) => body::crowd_error(ErrorKind::Overloaded),
-                Err(_) => body::crowd_error(ErrorKind::NotAdmitted),
-                Ok(Hop::Submit) => {
-                    self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-                    exit::submit(req, &self.exit).await
+        };
+        if relay::request_target(req.method(), req.uri()).is_err() {
+            return body::crowd_error(ErrorKind::BadRequest);
+        }
+        let hop = lock(&self.paths).route(
+            &mut rand::thread_rng(),
+            pred,
+            in_path,
+            crowd.doc.forward_probability,
+            &crowd.forwarders,
+        );
+        match hop {
+            Err(RouteError::TableFull) => body::crowd_error(ErrorKind::Overloaded),
+            Err(_) => body::crowd_error(ErrorKind::NotAdmitted),
+            Ok(Hop::Submit) => {
+                self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+                exit::submit(req, &self.exit, &crowd, guard.clone()).await
+            }
+            Ok(Hop::Forward { successor, path }) => {
+                let id =
+                    HeaderValue::from_str(&path.to_hex()).unwrap_or(HeaderValue::from_static("0"));
+                req.headers_mut().insert(PATH_HEADER, id);
+                if successor == self_id {
+                    return self.relay(Predecessor::Member(self_id), req).await;
                 }
-                Ok(Hop::Forward { successor, path }) => {
-                    let id = HeaderValue::from_str(&path.to_hex())
-                        .unwrap_or(HeaderValue::from_static("0"));
-                    req.headers_mut().insert(PATH_HEADER, id);
-                    if successor == self_id {
-                        return self.relay(Predecessor::Member(self_id), req).await;
-                    }
-                    let Some(member) = crowd.doc.member(successor) else {
-                        return body::crowd_error(ErrorKind::PathBroken);
-                    };
-                    // A tunnel: our predecessor's stream is spliced to our successor's
-                    // once the successor accepts.
-                    let upstream = tunnel::take_upgrade(&mut req);
-                    match self.links.send(member, req).await {
-                        Ok(mut resp) => {
-                            if let Some(up) = upstream {
-                                if resp.status().is_success() {
-                                    let Some(down) = tunnel::take_upgrade(&mut resp) else {
-                                        return body::crowd_error(ErrorKind::PathBroken);
-                                    };
-                                    tunnel::splice(up, down);
-                                    let (parts, _) = resp.into_parts();
-                                    return Response::from_parts(parts, body::empty());
-                                }
+                let Some(member) = crowd.doc.member(successor) else {
+                    return body::crowd_error(ErrorKind::PathBroken);
+                };
+                // A tunnel: our predecessor's end is spliced to our successor's once the
+                // successor accepts. Without one (we initiated), the successor's end
+                // travels back in the response.
+                let upstream = tunnel::take_end(&mut req);
+                match self.links.send(member, req).await {
+                    Ok(mut resp) => {
+                        if let Some(up) = upstream {
+                            if resp.status().is_success() {
+                                let Some(down) = tunnel::take_end(&mut resp) else {
+                                    return body::crowd_error(ErrorKind::PathBroken);
+                                };
+                                tunnel::splice(up, down, self.exit.idle_timeout, guard.clone());
+                                let (parts, _) = resp.into_parts();
+                                return Response::from_parts(parts, body::empty());
                             }
-                            resp.map(body::stream)
                         }
-                        Err(e) => {
-                            tracing::warn!("path broken: {e}");
-                            self.stats.path_failures.fetch_add(1, Ordering::Relaxed);
-                            lock(&self.paths).forget(pred, in_path);
-                            self.links.forget(successor);
-                            body::crowd_error(ErrorKind::PathBroken)
-                        }
+                        resp.map(body::stream)
+                    }
+                    Err(e) => {
+                        tracing::warn!("path broken: {e}");
+                        self.stats.path_failures.fetch_add(1, Ordering::Relaxed);
+                        lock(&self.paths).forget(pred, in_path);
+                        self.links.forget(successor);
+                        body::crowd_error(ErrorKind::PathBroken)
                     }
                 }
             }
         }
-        .boxed()
+    }
+}
+
+/// A copy of a request that can be sent again: no body, and a safe method.
+fn retry_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    let safe = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::CONNECT
+    );
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Counts a request or tunnel in progress while it lives.
+#[derive(Clone)]
+pub struct InFlight {
+    _count: Arc<InFlightInner>,
+}
+
+struct InFlightInner(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _count: Arc::new(InFlightInner(counter.clone())),
+        }
+    }
+}
+
+impl Drop for InFlightInner {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -308,13 +437,16 @@ pub struct RunningJondo {
 }
 
 impl RunningJondo {
-    /// Tells the blender this jondo leaves (bounded in time). Call after shutdown.
-    pub async fn leave(&self) {
+    /// Leaves gracefully (call after shutdown is signalled): tells the blender, so the
+    /// next epoch drops this member, then lets in-flight requests and tunnels finish
+    /// for at most `drain`.
+    pub async fn leave(&self, drain: Duration) {
         let _ = tokio::time::timeout(
             Duration::from_secs(3),
             self.blender.call(Method::POST, "/v1/leave", None, None),
         )
         .await;
+        self.node.drain(drain).await;
     }
 
     /// Waits for every task to end (after shutdown is signalled).
@@ -352,6 +484,13 @@ pub async fn start(
     let blender = BlenderClient::new(config.blender.clone(), &identity, config.blender_key)?;
     let joined = join_with_retry(&blender, &config, advertise, &shutdown).await?;
     tracing::info!(member = joined.member_id, status = %joined.status, "logged in at the blender");
+    if joined.client_only {
+        tracing::warn!(
+            "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \
+             It can browse, but never relays for others, and its first hop can tell that its requests \
+             start in its network: its anonymity is weaker. Open the peer port (or set --advertise) to fix this."
+        );
+    }
 
     let crowd: CrowdCell = Arc::new(RwLock::new(None));
     let node = Arc::new(Node {
@@ -363,12 +502,21 @@ pub async fn start(
         exit: ExitConfig {
             source_ip: Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified()),
             allow_private_destinations: config.allow_private_destinations,
+            idle_timeout: config.idle_timeout,
+            response_timeout: config.server_timeout,
+            deny: tokio::net::lookup_host(config.blender.as_str())
+                .await
+                .map(|a| a.collect())
+                .unwrap_or_default(),
             ..ExitConfig::default()
         },
         stats: Stats::default(),
         blender_ok: AtomicBool::new(true),
         started_at: now_ms(),
         refresh: Notify::new(),
+        in_flight: Arc::default(),
+        admitted_since: AtomicU64::new(0),
+        proxy_addr,
     });
 
     let mut tasks = Vec::new();
@@ -463,6 +611,15 @@ async fn join_with_retry(
                     _ = tokio::time::sleep(jitter(delay)) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(NodeError::JoinTooSoon(wait)) => {
+                tracing::warn!(
+                    "the crowd limits how often an account joins; joining again in {wait:?}"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(NodeError::Blender("shut down before joining".into())),
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
             other => return other,
         }

@@ -56,13 +56,11 @@ where
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    // Connections outlive `shutdown` so in-flight requests can finish; the
+                    // daemon decides how long to wait for them.
                     let fut = handle(stream, peer);
-                    let stop = shutdown.clone();
                     tokio::spawn(async move {
-                        tokio::select! {
-                            _ = fut => {}
-                            _ = stop.cancelled() => {}
-                        }
+                        fut.await;
                         drop(permit);
                     });
                 }

@@ -1,24 +1,57 @@
-//! Byte tunnels for `CONNECT`: splicing two upgraded streams together.
+//! Byte tunnels for `CONNECT`: splicing the two ends of each hop together.
 //!
 //! Owns the copy loop of an HTTPS (or any TCP) tunnel once every hop has answered 200:
 //! bytes flow both ways with bounded buffers, so a slow reader slows the sender (HTTP/2
 //! flow control carries the pressure along the path), and the tunnel closes when
-//! either side closes or fails. It never looks at the bytes: with TLS inside, jondos on
-//! the path see only ciphertext.
+//! either side closes, fails, or stays idle longer than the idle timeout. It never
+//! looks at the bytes: with TLS inside, jondos on the path see only ciphertext.
+//!
+//! A tunnel end is either hyper's pending upgrade of a request or response, or an
+//! in-memory pipe the exit hands back when the tunnel starts inside this jondo.
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::time::Instant;
 
 /// Copy buffer per direction.
 pub const TUNNEL_BUFFER: usize = 64 * 1024;
 
-/// Takes the pending upgrade of a request or response, if hyper attached one.
-pub fn take_upgrade<T>(msg: &mut T) -> Option<OnUpgrade>
-where
-    T: Extensions,
-{
-    msg.extensions_mut().remove::<OnUpgrade>()
+/// Anything a tunnel can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An in-memory tunnel end carried in response extensions (which must be `Clone`).
+#[derive(Clone)]
+pub struct PipeEnd(Arc<Mutex<Option<DuplexStream>>>);
+
+impl PipeEnd {
+    /// Wraps one end of a pipe.
+    pub fn new(stream: DuplexStream) -> Self {
+        Self(Arc::new(Mutex::new(Some(stream))))
+    }
+}
+
+/// One end of a tunnel hop.
+pub enum TunnelEnd {
+    /// hyper's upgrade of a CONNECT request or its 2xx response.
+    Upgrade(OnUpgrade),
+    /// An in-memory pipe.
+    Pipe(DuplexStream),
+}
+
+impl TunnelEnd {
+    async fn into_io(self) -> Option<Box<dyn Io>> {
+        match self {
+            TunnelEnd::Upgrade(up) => Some(Box::new(TokioIo::new(up.await.ok()?))),
+            TunnelEnd::Pipe(p) => Some(Box::new(p)),
+        }
+    }
 }
 
 /// Anything with HTTP extensions (requests and responses).
@@ -39,35 +72,162 @@ impl<B> Extensions for http::Response<B> {
     }
 }
 
-/// Once both upgrades complete, copies bytes between them until either side ends.
-pub fn splice(a: OnUpgrade, b: OnUpgrade) {
+/// Takes the tunnel end attached to a request or response, if any.
+pub fn take_end<T: Extensions>(msg: &mut T) -> Option<TunnelEnd> {
+    let ext = msg.extensions_mut();
+    if let Some(up) = ext.remove::<OnUpgrade>() {
+        return Some(TunnelEnd::Upgrade(up));
+    }
+    let pipe = ext.remove::<PipeEnd>()?;
+    let stream = pipe.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    Some(TunnelEnd::Pipe(stream))
+}
+
+/// Once both ends are ready, copies bytes between them until either side ends or the
+/// tunnel is idle for `idle`. `guard` is held for the tunnel's lifetime.
+pub fn splice<G: Send + 'static>(a: TunnelEnd, b: TunnelEnd, idle: Duration, guard: G) {
     tokio::spawn(async move {
-        let (Ok(a), Ok(b)) = tokio::join!(a, b) else {
+        let (Some(a), Some(b)) = tokio::join!(a.into_io(), b.into_io()) else {
             return;
         };
-        copy(TokioIo::new(a), TokioIo::new(b)).await;
+        copy(a, b, idle).await;
+        drop(guard);
     });
 }
 
-/// Once the upgrade completes, copies bytes between it and `stream`.
-pub fn splice_stream<S>(a: OnUpgrade, stream: S)
+/// Like [`splice`], with a ready stream on one side.
+pub fn splice_io<S, G>(a: TunnelEnd, stream: S, idle: Duration, guard: G)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
 {
     tokio::spawn(async move {
-        let Ok(a) = a.await else { return };
-        copy(TokioIo::new(a), stream).await;
+        let Some(a) = a.into_io().await else { return };
+        copy(a, stream, idle).await;
+        drop(guard);
     });
 }
 
-async fn copy<A, B>(mut a: A, mut b: B)
+/// Copies both ways until either side ends or nothing moves for `idle`.
+pub async fn copy<A, B>(a: A, b: B, idle: Duration)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, TUNNEL_BUFFER, TUNNEL_BUFFER).await
-    {
-        tracing::debug!("tunnel ended: {e}");
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Activity {
+        inner: a,
+        last: last.clone(),
+        start,
+    };
+    let mut b = b;
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, TUNNEL_BUFFER, TUNNEL_BUFFER);
+    tokio::pin!(copy);
+    let check = (idle / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            r = &mut copy => {
+                if let Err(e) = r {
+                    tracing::debug!("tunnel ended: {e}");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(check) => {
+                let quiet = start.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    tracing::debug!("tunnel idle for {idle:?}: closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Records the time of the last byte moved through `inner`.
+struct Activity<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl<S> Activity<S> {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnels_close_and_busy_ones_do_not() {
+        let (a_outer, a_inner) = tokio::io::duplex(1024);
+        let (b_inner, mut b_outer) = tokio::io::duplex(1024);
+        let task = tokio::spawn(copy(a_inner, b_inner, Duration::from_secs(60)));
+        let mut a_outer = a_outer;
+        // Traffic every 30 s keeps it open for 3 minutes.
+        for _ in 0..6 {
+            a_outer.write_all(b"ping").await.expect("write");
+            let mut buf = [0u8; 4];
+            b_outer.read_exact(&mut buf).await.expect("read");
+            assert_eq!(&buf, b"ping");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert!(!task.is_finished());
+        }
+        // Then silence: closed after about a minute, not before.
+        let quiet_from = Instant::now();
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("idle tunnel closed")
+            .expect("task");
+        assert!(
+            quiet_from.elapsed() >= Duration::from_secs(30),
+            "{:?}",
+            quiet_from.elapsed()
+        );
+        let mut buf = [0u8; 1];
+        assert_eq!(b_outer.read(&mut buf).await.expect("eof"), 0);
     }
 }

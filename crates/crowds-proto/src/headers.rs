@@ -7,8 +7,8 @@
 //! headers (and anything pretending to be a crowd control header) from server replies.
 //!
 //! Removed from requests: hop-by-hop headers (Connection and every header it names,
-//! Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Host — the
-//! target travels in the request URI), every `Proxy-*` header, `Referer`, `From`, `Via`,
+//! Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Expect (answered
+//! by the local proxy), Host — the target travels in the request URI), every `Proxy-*` header, `Referer`, `From`, `Via`,
 //! `Forwarded`, every `X-Forwarded-*` header, `X-Real-IP`, `Client-IP`, `True-Client-IP`,
 //! `X-Client-IP`, `X-Originating-IP`, `X-Cluster-Client-IP`, `CF-Connecting-IP`, and any
 //! `crowds-*` header a client tries to inject. `User-Agent` is replaced by
@@ -35,6 +35,8 @@ const HOP_BY_HOP: &[&str] = &[
 /// Request headers that identify the user or the proxies a request went through.
 const IDENTIFYING: &[&str] = &[
     "host",
+    // The local proxy answers `Expect: 100-continue` itself; it is not forwarded.
+    "expect",
     "referer",
     "from",
     "via",

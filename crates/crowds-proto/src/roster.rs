@@ -23,6 +23,9 @@ pub struct RosterConfig {
     pub heartbeat_timeout_ms: u64,
     /// How long a signed document stays valid.
     pub document_lifetime_ms: u64,
+    /// An account is admitted at most once per this many milliseconds: every admission
+    /// re-forms all paths and gives collaborators another look at each initiator.
+    pub rejoin_interval_ms: u64,
 }
 
 /// What happened to a join request.
@@ -32,6 +35,11 @@ pub enum JoinOutcome {
     AlreadyMember,
     /// Waiting for the next epoch.
     Pending,
+    /// Admitted too recently; may join again after this many milliseconds.
+    TooSoon {
+        /// Milliseconds until a join is accepted.
+        retry_after_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +57,7 @@ pub struct Roster {
     pending: BTreeMap<MemberId, Entry>,
     leaving: Vec<MemberId>,
     last_epoch_at: Option<u64>,
+    admitted_at: BTreeMap<MemberId, u64>,
 }
 
 impl Roster {
@@ -79,6 +88,7 @@ impl Roster {
             pending: BTreeMap::new(),
             leaving: Vec::new(),
             last_epoch_at: None,
+            admitted_at: BTreeMap::new(),
         }
     }
 
@@ -110,6 +120,14 @@ impl Roster {
                 entry.last_seen = now;
                 self.pending.remove(&member.id);
                 return JoinOutcome::AlreadyMember;
+            }
+        }
+        if let Some(at) = self.admitted_at.get(&member.id) {
+            let next = at.saturating_add(self.config.rejoin_interval_ms);
+            if now < next {
+                return JoinOutcome::TooSoon {
+                    retry_after_ms: next - now,
+                };
             }
         }
         // A member whose key changed while another member already holds that key cannot
@@ -193,6 +211,7 @@ impl Roster {
             self.members
                 .retain(|other, e| *other == id || e.member.key != entry.member.key);
             self.members.insert(id, entry);
+            self.admitted_at.insert(id, now);
         }
         self.epoch += 1;
         self.last_epoch_at = Some(now);
@@ -225,6 +244,7 @@ mod tests {
             join_interval_ms: 30_000,
             heartbeat_timeout_ms: 20_000,
             document_lifetime_ms: 600_000,
+            rejoin_interval_ms: 0,
         }
     }
 
@@ -294,6 +314,34 @@ mod tests {
         assert!(!r.handle_heartbeat(9, 40_000));
         assert_eq!(r.poll_epoch(40_000), None, "join interval still applies");
         assert!(r.poll_epoch(60_000).expect("epoch 3").members.is_empty());
+    }
+
+    #[test]
+    fn an_account_joins_at_most_once_per_rejoin_interval() {
+        let mut r = Roster::new(RosterConfig {
+            rejoin_interval_ms: 300_000,
+            ..config()
+        });
+        r.handle_join(member(1), 0);
+        r.poll_epoch(0).expect("epoch 1");
+        // Silent, dropped, then back with a new address after 2 minutes: too soon.
+        r.poll_epoch(60_000).expect("dropped");
+        let mut moved = member(1);
+        moved.addr = SocketAddr::from(([127, 0, 0, 3], 1));
+        assert_eq!(
+            r.handle_join(moved.clone(), 120_000),
+            JoinOutcome::TooSoon {
+                retry_after_ms: 180_000
+            }
+        );
+        assert_eq!(r.next_epoch_at(120_000), None, "nothing pending");
+        assert_eq!(r.handle_join(moved, 300_000), JoinOutcome::Pending);
+        // An unchanged member re-joining is only a heartbeat, never limited.
+        let d = r.poll_epoch(300_000).expect("epoch");
+        assert_eq!(
+            r.handle_join(d.members[0].clone(), 301_000),
+            JoinOutcome::AlreadyMember
+        );
     }
 
     #[test]

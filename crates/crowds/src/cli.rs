@@ -88,6 +88,10 @@ struct BlenderArgs {
     /// Validity of each signed crowd document (re-signed at half-life).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     document_lifetime: Duration,
+    /// An account is admitted at most once per this interval (each admission re-forms
+    /// every path, giving collaborators another look at each initiator).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    rejoin_interval: Duration,
 }
 
 /// Jondo settings; each may also come from the TOML file given with `--config`
@@ -141,6 +145,14 @@ struct JondoArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     poll_interval: Option<Duration>,
+    /// Close tunnels and response bodies that move no byte for this long [default: 5m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    idle_timeout: Option<Duration>,
+    /// Time a server has to start answering, at this jondo's exit [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    server_timeout: Option<Duration>,
 }
 
 mod opt_duration {
@@ -268,6 +280,7 @@ async fn run_blender(args: BlenderArgs) -> Result<()> {
     config.join_interval = args.join_interval;
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.document_lifetime = args.document_lifetime;
+    config.rejoin_interval = args.rejoin_interval;
     let shutdown = shutdown_on_signal();
     let running = blender::start(config, shutdown).await?;
     eprintln!(
@@ -329,6 +342,14 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             .poll_interval
             .or(file.poll_interval)
             .unwrap_or(Duration::from_secs(1)),
+        idle_timeout: flags
+            .idle_timeout
+            .or(file.idle_timeout)
+            .unwrap_or(Duration::from_secs(300)),
+        server_timeout: flags
+            .server_timeout
+            .or(file.server_timeout)
+            .unwrap_or(Duration::from_secs(60)),
     };
     for (name, addr) in [
         ("proxy-listen", Some(config.proxy_listen)),
@@ -353,7 +374,9 @@ async fn run_jondo(args: JondoArgs) -> Result<()> {
         running.member_id, running.proxy_addr, running.control_addr, running.peer_addr
     );
     shutdown.cancelled().await;
-    running.leave().await;
+    let busy = running.node.in_flight();
+    eprintln!("leaving the crowd; letting {busy} in-flight requests finish (at most 10 s)…");
+    running.leave(Duration::from_secs(10)).await;
     running.wait().await;
     Ok(())
 }
