@@ -102,6 +102,8 @@ pub async fn start(
             poll_interval: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(300),
             server_timeout: Duration::from_secs(60),
+            keep_cookies: false,
+            exit_ports: None,
         };
         jondos.push(jondo::start(jc, shutdown.clone()).await?);
     }

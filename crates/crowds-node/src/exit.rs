@@ -11,8 +11,8 @@
 use crate::body::{self, Body};
 use crate::jondo::Crowd;
 use crate::tunnel;
-use crowds_proto::headers;
-use crowds_proto::policy;
+use crowds_proto::headers::{self, Hygiene};
+use crowds_proto::policy::{self, PortPolicy};
 use crowds_proto::relay::{self, ErrorKind};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
@@ -35,6 +35,8 @@ pub struct ExitConfig {
     pub idle_timeout: Duration,
     /// Destinations always refused (the blender's API).
     pub deny: Vec<SocketAddr>,
+    /// Destination ports allowed.
+    pub ports: PortPolicy,
 }
 
 impl Default for ExitConfig {
@@ -46,16 +48,22 @@ impl Default for ExitConfig {
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
             deny: Vec::new(),
+            ports: PortPolicy::default(),
         }
     }
 }
 
-/// The addresses of `host:port` this exit may connect to (resolved here, at the exit).
-pub async fn resolve(
+/// The addresses of `host:port` this exit may connect to: the port must be allowed, and
+/// the name is resolved here, at the exit, and every address checked after resolution
+/// (so DNS rebinding cannot slip a private address past the policy).
+pub async fn resolve_checked(
     host: &str,
     port: u16,
     config: &ExitConfig,
 ) -> Result<Vec<SocketAddr>, ErrorKind> {
+    if !config.ports.allows(port) {
+        return Err(ErrorKind::ExitPolicy);
+    }
     let addrs: Vec<SocketAddr> = tokio::time::timeout(
         config.connect_timeout,
         tokio::net::lookup_host((host, port)),
@@ -126,7 +134,7 @@ async fn try_submit<G: Send + 'static>(
 ) -> Result<Response<Body>, ErrorKind> {
     let target =
         relay::request_target(req.method(), req.uri()).map_err(|_| ErrorKind::BadRequest)?;
-    let mut addrs = resolve(&target.host, target.port, config).await?;
+    let mut addrs = resolve_checked(&target.host, target.port, config).await?;
     // Never let the crowd be used against its own members' peer ports or the blender.
     addrs.retain(|a| !config.deny.contains(a) && !crowd.doc.members.iter().any(|m| m.addr == *a));
     if addrs.is_empty() {
@@ -155,7 +163,7 @@ async fn try_submit<G: Send + 'static>(
         .authority()
         .map(|a| a.as_str().to_string())
         .ok_or(ErrorKind::BadRequest)?;
-    headers::sanitize_request(&mut parts.headers);
+    headers::sanitize_request(&mut parts.headers, Hygiene::SAFETY_NET);
     parts.headers.insert(
         header::HOST,
         HeaderValue::from_str(&authority).map_err(|_| ErrorKind::BadRequest)?,
@@ -187,7 +195,7 @@ async fn try_submit<G: Send + 'static>(
     .map_err(|_| ErrorKind::Timeout)?
     .map_err(|_| ErrorKind::OriginUnreachable)?;
     let (mut parts, incoming) = resp.into_parts();
-    headers::sanitize_response(&mut parts.headers);
+    headers::sanitize_response(&mut parts.headers, Hygiene::SAFETY_NET);
     let body = body::with_idle_timeout(body::stream(incoming), config.idle_timeout);
     Ok(Response::from_parts(parts, body))
 }

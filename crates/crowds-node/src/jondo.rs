@@ -20,8 +20,10 @@ use crate::socks;
 use crate::tls;
 use crate::tunnel;
 use crowds_proto::document::CrowdDocument;
+use crowds_proto::headers::Hygiene;
 use crowds_proto::identity::PublicKey;
 use crowds_proto::path::{Hop, PathId, PathTable, Predecessor, RouteError};
+use crowds_proto::policy::PortPolicy;
 use crowds_proto::relay::{self, ErrorKind, PATH_HEADER};
 use crowds_proto::view::{Change, CrowdView};
 use crowds_proto::MemberId;
@@ -78,6 +80,11 @@ pub struct JondoConfig {
     pub idle_timeout: Duration,
     /// Time a server has to start its response.
     pub server_timeout: Duration,
+    /// Keep cookies on plain HTTP (every jondo on the path can read them).
+    pub keep_cookies: bool,
+    /// Destination ports this exit allows (`None`: the default list, or any port
+    /// with `allow_private_destinations`).
+    pub exit_ports: Option<PortPolicy>,
 }
 
 /// The crowd as this jondo currently uses it.
@@ -139,6 +146,8 @@ pub struct Node {
     admitted_since: AtomicU64,
     /// The local HTTP proxy's address (for the PAC file).
     pub proxy_addr: SocketAddr,
+    /// Header rules applied to this user's requests.
+    pub hygiene: Hygiene,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -504,6 +513,14 @@ pub async fn start(
             allow_private_destinations: config.allow_private_destinations,
             idle_timeout: config.idle_timeout,
             response_timeout: config.server_timeout,
+            ports: config
+                .exit_ports
+                .clone()
+                .unwrap_or(if config.allow_private_destinations {
+                    PortPolicy::Any
+                } else {
+                    PortPolicy::default()
+                }),
             deny: tokio::net::lookup_host(config.blender.as_str())
                 .await
                 .map(|a| a.collect())
@@ -517,6 +534,9 @@ pub async fn start(
         in_flight: Arc::default(),
         admitted_since: AtomicU64::new(0),
         proxy_addr,
+        hygiene: Hygiene {
+            strip_cookies: !config.keep_cookies,
+        },
     });
 
     let mut tasks = Vec::new();

@@ -69,13 +69,14 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     }
     let is_connect = req.method() == Method::CONNECT;
     let (mut parts, incoming) = req.into_parts();
-    headers::sanitize_request(&mut parts.headers);
+    headers::sanitize_request(&mut parts.headers, node.hygiene);
     let req = if is_connect {
         // The client's bytes follow the 200, on the upgraded connection.
         Request::from_parts(parts, body::empty())
     } else {
         Request::from_parts(parts, body::stream(incoming))
     };
+    let hygiene = node.hygiene;
     let mut resp = node.initiate(req).await;
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -86,7 +87,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         };
         return page(status, title, kind.explain());
     }
-    headers::sanitize_response(resp.headers_mut());
+    headers::sanitize_response(resp.headers_mut(), hygiene);
     if is_connect && resp.status().is_success() {
         // Answer the client with a bare 200: it now talks to the server through the tunnel.
         let mut ok = Response::new(body::empty());

@@ -8,11 +8,21 @@
 //!
 //! Removed from requests: hop-by-hop headers (Connection and every header it names,
 //! Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Expect (answered
-//! by the local proxy), Host — the target travels in the request URI), every `Proxy-*` header, `Referer`, `From`, `Via`,
-//! `Forwarded`, every `X-Forwarded-*` header, `X-Real-IP`, `Client-IP`, `True-Client-IP`,
-//! `X-Client-IP`, `X-Originating-IP`, `X-Cluster-Client-IP`, `CF-Connecting-IP`, and any
-//! `crowds-*` header a client tries to inject. `User-Agent` is replaced by
-//! [`CROWD_USER_AGENT`], one value shared by every member.
+//! by the local proxy), Host — the target travels in the request URI), every `Proxy-*`
+//! header, `Referer`, `From`, `Via`, `Forwarded`, every `X-Forwarded-*` header,
+//! `X-Real-IP`, `Client-IP`, `True-Client-IP`, `X-Client-IP`, `X-Originating-IP`,
+//! `X-Cluster-Client-IP`, `CF-Connecting-IP`, `DNT` and `Sec-GPC` (a minority sends them,
+//! so they split the crowd into smaller sets; uniformity protects more than the request
+//! they make), and any `crowds-*` header a client tries to inject.
+//!
+//! Normalised: `User-Agent` becomes [`CROWD_USER_AGENT`] and `Accept-Language` becomes
+//! [`CROWD_ACCEPT_LANGUAGE`], one value each for every member.
+//!
+//! Cookies ([`Hygiene::strip_cookies`], on by default): on plain HTTP every jondo on the
+//! path can read them, and they link a user's requests, so the initiator removes `Cookie`
+//! from requests and `Set-Cookie` from responses. Tunnels (HTTPS) are never touched. The
+//! exit's safety net applies everything except the cookie rule, which is the user's
+//! choice and cannot be signalled to the exit without making requests linkable.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -20,6 +30,31 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// members look like each other and like many non-members.
 pub const CROWD_USER_AGENT: &str =
     "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+
+/// The Accept-Language every request leaves the crowd with.
+pub const CROWD_ACCEPT_LANGUAGE: &str = "en-US,en;q=0.5";
+
+/// Which optional rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hygiene {
+    /// Remove `Cookie` from requests and `Set-Cookie` from responses (plain HTTP).
+    pub strip_cookies: bool,
+}
+
+impl Default for Hygiene {
+    fn default() -> Self {
+        Self {
+            strip_cookies: true,
+        }
+    }
+}
+
+impl Hygiene {
+    /// The exit's safety net: the mandatory rules only.
+    pub const SAFETY_NET: Hygiene = Hygiene {
+        strip_cookies: false,
+    };
+}
 
 /// Headers removed from every request and response because they concern one hop only.
 const HOP_BY_HOP: &[&str] = &[
@@ -48,6 +83,8 @@ const IDENTIFYING: &[&str] = &[
     "x-originating-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",
+    "dnt",
+    "sec-gpc",
 ];
 
 /// Prefixes of request headers removed whatever follows.
@@ -81,22 +118,35 @@ fn remove_prefixed(headers: &mut HeaderMap, prefixes: &[&str]) {
 }
 
 /// Makes a request's headers fit to enter the crowd.
-pub fn sanitize_request(headers: &mut HeaderMap) {
+pub fn sanitize_request(headers: &mut HeaderMap, rules: Hygiene) {
     remove_connection_listed(headers);
     for name in IDENTIFYING {
         headers.remove(*name);
     }
     remove_prefixed(headers, IDENTIFYING_PREFIXES);
+    if rules.strip_cookies {
+        headers.remove(header::COOKIE);
+    }
     headers.insert(
         header::USER_AGENT,
         HeaderValue::from_static(CROWD_USER_AGENT),
     );
+    if headers.contains_key(header::ACCEPT_LANGUAGE) {
+        headers.insert(
+            header::ACCEPT_LANGUAGE,
+            HeaderValue::from_static(CROWD_ACCEPT_LANGUAGE),
+        );
+    }
 }
 
-/// Makes a server's response headers fit to travel back along the path.
-pub fn sanitize_response(headers: &mut HeaderMap) {
+/// Makes a server's response headers fit to travel back along the path (or, with
+/// cookie stripping, to reach the user's browser).
+pub fn sanitize_response(headers: &mut HeaderMap, rules: Hygiene) {
     remove_connection_listed(headers);
     remove_prefixed(headers, &["crowds-", "proxy-"]);
+    if rules.strip_cookies {
+        headers.remove(header::SET_COOKIE);
+    }
 }
 
 #[cfg(test)]
@@ -132,13 +182,22 @@ mod tests {
             ("Connection", "close, X-Private"),
             ("X-Private", "1"),
             ("Host", "example.org"),
+            ("DNT", "1"),
+            ("Sec-GPC", "1"),
             ("Accept", "text/html"),
+            ("Accept-Language", "de-CH,de;q=0.9,rm;q=0.8"),
+            ("Cookie", "session=abc"),
         ]);
-        sanitize_request(&mut h);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        let mut kept = h.clone();
+        sanitize_request(&mut h, Hygiene::default());
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "accept-language", "user-agent"]);
         assert_eq!(h["accept"], "text/html");
         assert_eq!(h["user-agent"], CROWD_USER_AGENT);
+        assert_eq!(h["accept-language"], CROWD_ACCEPT_LANGUAGE);
+        sanitize_request(&mut kept, Hygiene::SAFETY_NET);
+        assert_eq!(kept["cookie"], "session=abc");
     }
 
     #[test]
@@ -151,7 +210,10 @@ mod tests {
             ("Content-Type", "text/html"),
             ("Set-Cookie", "a=b"),
         ]);
-        sanitize_response(&mut h);
+        let mut stripped = h.clone();
+        sanitize_response(&mut stripped, Hygiene::default());
+        assert!(!stripped.contains_key("set-cookie"));
+        sanitize_response(&mut h, Hygiene::SAFETY_NET);
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["content-type", "set-cookie"]);
@@ -169,7 +231,7 @@ mod tests {
                     h.append(k, v);
                 }
             }
-            sanitize_request(&mut h);
+            sanitize_request(&mut h, Hygiene::default());
             for k in h.keys() {
                 let k = k.as_str();
                 prop_assert!(!IDENTIFYING.contains(&k) && !HOP_BY_HOP.contains(&k));

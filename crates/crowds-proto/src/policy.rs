@@ -3,10 +3,61 @@
 //! Owns the classification of IP addresses as public or not. An exit resolves the
 //! server's name itself and checks every resolved address here before connecting, so a
 //! crowd cannot be used to reach loopback, private or link-local services behind a
-//! member's firewall (the article's warning). A later issue widens this into a full,
-//! configurable exit policy.
+//! member's firewall (the article's warning), and which destination ports it allows.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Destination ports an exit allows by default: the web (80, 443) and its common
+/// alternates (8080, 8443, 8000, 8008, 8888). Mail, SSH, databases and the rest are
+/// refused, so a crowd cannot be used to spam or attack services in members' names.
+pub const DEFAULT_EXIT_PORTS: &[u16] = &[80, 443, 8000, 8008, 8080, 8443, 8888];
+
+/// Which destination ports an exit allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortPolicy {
+    /// Only these ports.
+    Only(Vec<u16>),
+    /// Every port (testing and the demo).
+    Any,
+}
+
+impl Default for PortPolicy {
+    fn default() -> Self {
+        PortPolicy::Only(DEFAULT_EXIT_PORTS.to_vec())
+    }
+}
+
+impl PortPolicy {
+    /// Whether `port` may be used.
+    pub fn allows(&self, port: u16) -> bool {
+        port != 0
+            && match self {
+                PortPolicy::Only(ports) => ports.contains(&port),
+                PortPolicy::Any => true,
+            }
+    }
+
+    /// Parses `any` or a comma-separated list of ports.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim() == "any" {
+            return Ok(PortPolicy::Any);
+        }
+        let ports = text
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("not a port number: {p:?} (use e.g. 80,443 or any)"))
+            })
+            .collect::<Result<Vec<u16>, String>>()?;
+        if ports.is_empty() {
+            return Err("no ports given".into());
+        }
+        Ok(PortPolicy::Only(ports))
+    }
+}
 
 /// Whether `ip` is a public unicast address an exit may connect to by default.
 pub fn is_public(ip: IpAddr) -> bool {
@@ -51,6 +102,20 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports() {
+        let p = PortPolicy::default();
+        assert!(p.allows(80) && p.allows(443) && !p.allows(25) && !p.allows(22));
+        assert_eq!(PortPolicy::parse("any"), Ok(PortPolicy::Any));
+        assert_eq!(
+            PortPolicy::parse("80, 8080"),
+            Ok(PortPolicy::Only(vec![80, 8080]))
+        );
+        assert!(PortPolicy::parse("80,x").is_err());
+        assert!(PortPolicy::parse("0").is_err());
+        assert!(!PortPolicy::Any.allows(0));
+    }
 
     #[test]
     fn classification() {

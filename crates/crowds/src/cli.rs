@@ -149,6 +149,15 @@ struct JondoArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     idle_timeout: Option<Duration>,
+    /// Keep Cookie/Set-Cookie on plain HTTP (every jondo on your path can read them).
+    #[arg(long)]
+    #[serde(default)]
+    keep_cookies: bool,
+    /// Destination ports this jondo's exit allows: a list like 80,443 or `any`
+    /// [default: 80,443,8000,8008,8080,8443,8888; any with --allow-private-destinations].
+    #[arg(long, value_parser = crowds_proto::policy::PortPolicy::parse)]
+    #[serde(default, deserialize_with = "opt_ports")]
+    exit_ports: Option<crowds_proto::policy::PortPolicy>,
     /// Time a server has to start answering, at this jondo's exit [default: 60s].
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
@@ -164,6 +173,14 @@ mod opt_duration {
         text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
             .transpose()
     }
+}
+
+fn opt_ports<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crowds_proto::policy::PortPolicy>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| crowds_proto::policy::PortPolicy::parse(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 #[derive(Args, Debug)]
@@ -350,6 +367,8 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             .server_timeout
             .or(file.server_timeout)
             .unwrap_or(Duration::from_secs(60)),
+        keep_cookies: flags.keep_cookies || file.keep_cookies,
+        exit_ports: flags.exit_ports.or(file.exit_ports),
     };
     for (name, addr) in [
         ("proxy-listen", Some(config.proxy_listen)),
