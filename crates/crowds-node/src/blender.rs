@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
@@ -59,6 +60,8 @@ pub struct BlenderConfig {
     pub rejoin_interval: Duration,
     /// Time allowed to connect back to a joining jondo's peer address.
     pub connect_back_timeout: Duration,
+    /// Where to serve the status page and metrics (loopback; `None`: not served).
+    pub control_listen: Option<SocketAddr>,
 }
 
 impl BlenderConfig {
@@ -73,6 +76,7 @@ impl BlenderConfig {
             document_lifetime: Duration::from_secs(600),
             rejoin_interval: Duration::from_secs(300),
             connect_back_timeout: Duration::from_secs(3),
+            control_listen: None,
         }
     }
 }
@@ -107,7 +111,21 @@ struct Published {
     issued_at: u64,
 }
 
+/// The blender's counters (never account names or member traffic).
+#[derive(Default)]
+struct Stats {
+    joins_pending: AtomicU64,
+    joins_member: AtomicU64,
+    joins_too_soon: AtomicU64,
+    logins_refused: AtomicU64,
+    heartbeats: AtomicU64,
+    epochs: AtomicU64,
+    client_only_joins: AtomicU64,
+}
+
 struct State {
+    stats: Stats,
+    started_at: u64,
     key: SecretKey,
     connect_back_timeout: Duration,
     roster: Mutex<Roster>,
@@ -123,6 +141,8 @@ pub struct RunningBlender {
     pub addr: SocketAddr,
     /// The blender's public key (also written to `blender.pub`).
     pub public_key: PublicKey,
+    /// The status port's bound address, if served.
+    pub control_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -178,6 +198,8 @@ pub async fn start(
         .local_addr()
         .map_err(|e| NodeError::io("listener address", e))?;
     let state = Arc::new(State {
+        stats: Stats::default(),
+        started_at: now,
         key,
         connect_back_timeout: config.connect_back_timeout,
         roster: Mutex::new(roster),
@@ -222,12 +244,26 @@ pub async fn start(
             }
         },
     );
-    let ticker = tokio::spawn(tick(state, shutdown));
+    let mut tasks = vec![api];
+    let mut control_addr = None;
+    if let Some(listen) = config.control_listen {
+        let listener = net::bind(listen, "the blender's control port").await?;
+        control_addr = listener.local_addr().ok();
+        let control_state = state.clone();
+        tasks.push(net::spawn_accept_loop(
+            listener,
+            64,
+            shutdown.clone(),
+            move |stream, _| control(control_state.clone(), stream),
+        ));
+    }
+    tasks.push(tokio::spawn(tick(state, shutdown)));
     tracing::info!(%addr, key = %public_key, "blender listening");
     Ok(RunningBlender {
         addr,
         public_key,
-        tasks: vec![api, ticker],
+        control_addr,
+        tasks,
     })
 }
 
@@ -254,6 +290,7 @@ async fn tick(state: Arc<State>, shutdown: CancellationToken) {
         let doc = match next {
             Some(doc) => {
                 tracing::info!(epoch = doc.epoch, members = doc.members.len(), "new epoch");
+                state.stats.epochs.fetch_add(1, Ordering::Relaxed);
                 Some(doc)
             }
             None if refresh => Some(lock(&state.roster).document(now)),
@@ -300,6 +337,7 @@ async fn api(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> Re
             let id = lock(&state.keys).get(&client).copied();
             match id {
                 Some(id) if lock(&state.roster).handle_heartbeat(id, now_ms()) => {
+                    state.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                     body::text(StatusCode::NO_CONTENT, "")
                 }
                 _ => error(StatusCode::FORBIDDEN, "not a member: join again"),
@@ -355,6 +393,7 @@ async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> R
     let id = match verified {
         Ok(Ok(Some(id))) => id,
         Ok(Ok(None)) => {
+            state.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("refused a login: unknown account or wrong password");
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -386,9 +425,22 @@ async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> R
     }
     let outcome = lock(&state.roster).handle_join(member, now_ms());
     let status = match outcome {
-        JoinOutcome::AlreadyMember => "member",
-        JoinOutcome::Pending => "pending",
+        JoinOutcome::AlreadyMember => {
+            state.stats.joins_member.fetch_add(1, Ordering::Relaxed);
+            "member"
+        }
+        JoinOutcome::Pending => {
+            state.stats.joins_pending.fetch_add(1, Ordering::Relaxed);
+            if !reachable {
+                state
+                    .stats
+                    .client_only_joins
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            "pending"
+        }
         JoinOutcome::TooSoon { retry_after_ms } => {
+            state.stats.joins_too_soon.fetch_add(1, Ordering::Relaxed);
             tracing::info!(member = id, "join refused: admitted too recently");
             let mut resp = body::json(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -409,4 +461,170 @@ async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> R
         StatusCode::OK,
         &serde_json::json!({ "member_id": id, "status": status, "client_only": !reachable }),
     )
+}
+
+async fn control(state: Arc<State>, stream: tokio::net::TcpStream) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(control_page(&state, &req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+async fn blender_status(state: &Arc<State>) -> serde_json::Value {
+    let store = state.store.clone();
+    let accounts =
+        tokio::task::spawn_blocking(move || lock(&store).list_accounts().map(|a| a.len()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+    let now = now_ms();
+    let roster = lock(&state.roster);
+    let members: Vec<serde_json::Value> = roster
+        .members()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "addr": m.addr.to_string(),
+                "client_only": !m.forwards(),
+                "key": m.key.to_hex(),
+            })
+        })
+        .collect();
+    let s = &state.stats;
+    serde_json::json!({
+        "epoch": roster.epoch(),
+        "members": members.len(),
+        "pending_joins": roster.pending_count(),
+        "next_epoch_in_ms": roster.next_epoch_at(now).map(|t| t.saturating_sub(now)),
+        "accounts": accounts,
+        "pf": roster.config().forward_probability,
+        "join_interval_ms": roster.config().join_interval_ms,
+        "uptime_s": now.saturating_sub(state.started_at) / 1000,
+        "member_list": members,
+        "counters": {
+            "epochs": s.epochs.load(Ordering::Relaxed),
+            "joins_pending": s.joins_pending.load(Ordering::Relaxed),
+            "joins_member": s.joins_member.load(Ordering::Relaxed),
+            "joins_too_soon": s.joins_too_soon.load(Ordering::Relaxed),
+            "client_only_joins": s.client_only_joins.load(Ordering::Relaxed),
+            "logins_refused": s.logins_refused.load(Ordering::Relaxed),
+            "heartbeats": s.heartbeats.load(Ordering::Relaxed),
+        },
+    })
+}
+
+async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return body::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    let st = blender_status(state).await;
+    match req.uri().path() {
+        "/status.json" => body::json(StatusCode::OK, &st),
+        "/metrics" => {
+            let c = &st["counters"];
+            let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+            let mut m = crate::metrics::Metrics::new();
+            m.counter(
+                "crowds_blender_epochs_total",
+                "Epochs published since start.",
+                n(&c["epochs"]),
+            );
+            m.counters_by(
+                "crowds_blender_joins_total",
+                "Join requests by outcome.",
+                "outcome",
+                &[
+                    ("pending", n(&c["joins_pending"])),
+                    ("member", n(&c["joins_member"])),
+                    ("too_soon", n(&c["joins_too_soon"])),
+                    ("refused", n(&c["logins_refused"])),
+                ],
+            );
+            m.counter(
+                "crowds_blender_client_only_joins_total",
+                "Joins whose peer port was unreachable.",
+                n(&c["client_only_joins"]),
+            );
+            m.counter(
+                "crowds_blender_heartbeats_total",
+                "Heartbeats received.",
+                n(&c["heartbeats"]),
+            );
+            m.gauge(
+                "crowds_blender_epoch",
+                "Current epoch.",
+                n(&st["epoch"]) as f64,
+            );
+            m.gauge(
+                "crowds_blender_members",
+                "Members in the current epoch.",
+                n(&st["members"]) as f64,
+            );
+            m.gauge(
+                "crowds_blender_pending_joins",
+                "Joins waiting for the next epoch.",
+                n(&st["pending_joins"]) as f64,
+            );
+            m.gauge(
+                "crowds_blender_accounts",
+                "Accounts in the store.",
+                n(&st["accounts"]) as f64,
+            );
+            let mut resp = Response::new(body::full(m.finish()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            resp
+        }
+        "/" => {
+            let rows: String = st["member_list"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| {
+                            format!(
+                                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}…</code></td></tr>",
+                                m["id"],
+                                m["addr"].as_str().unwrap_or(""),
+                                if m["client_only"].as_bool().unwrap_or(false) { "client-only" } else { "forwarder" },
+                                &m["key"].as_str().unwrap_or("")[..16.min(m["key"].as_str().unwrap_or("").len())],
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let html = format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+                 <title>crowds blender</title><style>{style}</style></head><body><h1>Blender</h1>\
+                 <p><span class=\"big\" id=\"members\">{members}</span> members · epoch <b id=\"epoch\">{epoch}</b> · pf {pf} · \
+                 {pending} joins pending · {accounts} accounts</p>\
+                 <h2>Members</h2><table><tr><th>id</th><th>peer address</th><th>role</th><th>key</th></tr>{rows}</table>\
+                 <h2>Counters</h2><pre>{counters}</pre>\
+                 <p><small>Accounts are managed on the command line (crowds account …). This page never shows passwords or member traffic. \
+                 <a href=\"/status.json\">status.json</a> · <a href=\"/metrics\">metrics</a></small></p></body></html>",
+                style = crate::control::STYLE,
+                members = st["members"],
+                epoch = st["epoch"],
+                pf = st["pf"],
+                pending = st["pending_joins"],
+                accounts = st["accounts"],
+                counters = serde_json::to_string_pretty(&st["counters"]).unwrap_or_default(),
+            );
+            let mut resp = Response::new(body::full(html));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
+        _ => body::text(StatusCode::NOT_FOUND, "not found\n"),
+    }
 }

@@ -74,6 +74,7 @@ pub async fn start(
     let mut bconf = BlenderConfig::new(blender_dir, SocketAddr::from(([127, 0, 0, 1], 0)));
     bconf.forward_probability = config.forward_probability;
     bconf.join_interval = Duration::from_millis(500);
+    bconf.control_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     let blender = blender::start(bconf, shutdown.clone()).await?;
     let site = site::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone()).await?;
     let mut jondos = Vec::new();

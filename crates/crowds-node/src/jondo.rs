@@ -126,7 +126,28 @@ pub struct Stats {
     pub path_failures: AtomicU64,
     /// Requests retried on a re-formed path.
     pub retries: AtomicU64,
+    /// Crowd errors returned to this jondo's user, by kind (index: [`ERROR_KINDS`]).
+    pub errors: [AtomicU64; ERROR_KINDS.len()],
+    /// Peer TLS handshakes completed.
+    pub handshakes_ok: AtomicU64,
+    /// Peer TLS handshakes refused or failed (non-members, garbage).
+    pub handshakes_refused: AtomicU64,
+    /// Response body bytes delivered to this jondo's user (plain HTTP).
+    pub bytes_to_user: AtomicU64,
+    /// Response body bytes received from servers as the exit (plain HTTP).
+    pub bytes_from_servers: AtomicU64,
 }
+
+/// The crowd error kinds, in the order of [`Stats::errors`].
+pub const ERROR_KINDS: [ErrorKind; 7] = [
+    ErrorKind::PathBroken,
+    ErrorKind::ExitPolicy,
+    ErrorKind::OriginUnreachable,
+    ErrorKind::BadRequest,
+    ErrorKind::NotAdmitted,
+    ErrorKind::Overloaded,
+    ErrorKind::Timeout,
+];
 
 /// The shared state of a running jondo.
 pub struct Node {
@@ -168,6 +189,11 @@ impl Node {
     /// Number of paths through this jondo.
     pub fn path_count(&self) -> usize {
         lock(&self.paths).len()
+    }
+
+    /// Number of paths this jondo has formed (decided a hop for) since it started.
+    pub fn paths_formed(&self) -> u64 {
+        lock(&self.paths).formed()
     }
 
     /// When this jondo started (unix ms).
@@ -252,6 +278,11 @@ impl Node {
                 if relay::error_kind(resp.headers()) == Some(ErrorKind::PathBroken) {
                     lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
                 }
+            }
+        }
+        if let Some(kind) = relay::error_kind(resp.headers()) {
+            if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+                self.stats.errors[i].fetch_add(1, Ordering::Relaxed);
             }
         }
         if let Some(client_end) = client_end {
@@ -344,7 +375,19 @@ impl Node {
             Err(_) => body::crowd_error(ErrorKind::NotAdmitted),
             Ok(Hop::Submit) => {
                 self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-                exit::submit(req, &self.exit, &crowd, guard.clone()).await
+                let resp = exit::submit(req, &self.exit, &crowd, guard.clone()).await;
+                let node = self.clone();
+                resp.map(|b| {
+                    b.map_frame(move |f| {
+                        if let Some(d) = f.data_ref() {
+                            node.stats
+                                .bytes_from_servers
+                                .fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
+                        f
+                    })
+                    .boxed_unsync()
+                })
             }
             Ok(Hop::Forward { successor, path }) => {
                 let id =
@@ -654,8 +697,12 @@ fn jitter(d: Duration) -> Duration {
 async fn serve_peer(node: Arc<Node>, acceptor: TlsAcceptor, stream: tokio::net::TcpStream) {
     let Ok(Ok(tls)) = tokio::time::timeout(net::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
     else {
+        node.stats
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
         return;
     };
+    node.stats.handshakes_ok.fetch_add(1, Ordering::Relaxed);
     let Some(key) = tls::peer_key(tls.get_ref().1) else {
         return;
     };

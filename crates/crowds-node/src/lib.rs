@@ -12,7 +12,7 @@
 //! - [`proxy`]: the local HTTP proxy; [`socks`]: the local SOCKS5 proxy.
 //! - [`tunnel`]: splicing CONNECT tunnels hop by hop.
 //! - [`exit`]: submitting requests to servers (DNS at the exit, address policy).
-//! - [`control`]: the jondo's status port.
+//! - [`control`]: the jondo's status port; [`metrics`]: Prometheus text format.
 //! - [`blender_client`]: a jondo's calls to the blender.
 //! - [`demo`] and [`site`]: a whole crowd plus a sample website in one process.
 //! - [`files`], [`net`], [`body`], [`error`]: small shared helpers.
@@ -27,6 +27,7 @@ pub mod exit;
 pub mod files;
 pub mod jondo;
 pub mod link;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod site;

@@ -11,6 +11,7 @@ use crate::jondo::Node;
 use crowds_proto::headers;
 use crowds_proto::relay::{self, ErrorKind, TargetError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -77,6 +78,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         Request::from_parts(parts, body::stream(incoming))
     };
     let hygiene = node.hygiene;
+    let counter = node.clone();
     let mut resp = node.initiate(req).await;
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -94,5 +96,16 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         *ok.status_mut() = resp.status();
         return ok;
     }
-    resp
+    resp.map(|b| {
+        b.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                counter
+                    .stats
+                    .bytes_to_user
+                    .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            f
+        })
+        .boxed_unsync()
+    })
 }

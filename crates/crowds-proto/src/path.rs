@@ -103,6 +103,7 @@ pub fn choose_hop<R: Rng + ?Sized>(
 pub struct PathTable {
     routes: HashMap<(Predecessor, PathId), Hop>,
     outgoing: HashSet<(MemberId, PathId)>,
+    formed: u64,
 }
 
 impl PathTable {
@@ -114,6 +115,11 @@ impl PathTable {
     /// Number of paths through this jondo.
     pub fn len(&self) -> usize {
         self.routes.len()
+    }
+
+    /// How many hops this table has decided since it was created.
+    pub fn formed(&self) -> u64 {
+        self.formed
     }
 
     /// Whether no path is known.
@@ -156,6 +162,7 @@ impl PathTable {
             }
         };
         self.routes.insert((pred, path), hop);
+        self.formed += 1;
         Ok(hop)
     }
 

@@ -92,6 +92,9 @@ struct BlenderArgs {
     /// every path, giving collaborators another look at each initiator).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     rejoin_interval: Duration,
+    /// Serve a status page, /status.json and /metrics here (e.g. 127.0.0.1:7001).
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
 }
 
 /// Jondo settings; each may also come from the TOML file given with `--config`
@@ -298,6 +301,7 @@ async fn run_blender(args: BlenderArgs) -> Result<()> {
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.document_lifetime = args.document_lifetime;
     config.rejoin_interval = args.rejoin_interval;
+    config.control_listen = args.control_listen;
     let shutdown = shutdown_on_signal();
     let running = blender::start(config, shutdown).await?;
     eprintln!(
@@ -441,7 +445,13 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
         "A crowd of {} jondos is running (pf {}).",
         args.jondos, args.pf
     );
-    println!("  blender       {}", crowd.blender.addr);
+    match crowd.blender.control_addr {
+        Some(c) => println!(
+            "  blender       {}   status http://{c}/",
+            crowd.blender.addr
+        ),
+        None => println!("  blender       {}", crowd.blender.addr),
+    }
     for (i, j) in crowd.jondos.iter().enumerate() {
         println!(
             "  jondo {:<3}    peer {:<21} proxy http://{:<21} status http://{}/",

@@ -69,6 +69,7 @@ fn paths_are_static_per_predecessor_and_id() {
         assert_eq!(again, first);
     }
     assert_eq!(table.len(), 1);
+    assert_eq!(table.formed(), 1, "a static path is decided once");
 }
 
 #[test]
