@@ -10,6 +10,7 @@
 
 use crate::body::{self, Body};
 use crate::jondo::Crowd;
+use crate::safelog::Sensitive;
 use crate::tunnel;
 use crowds_proto::headers::{self, Hygiene};
 use crowds_proto::policy::{self, PortPolicy};
@@ -134,6 +135,12 @@ async fn try_submit<G: Send + 'static>(
 ) -> Result<Response<Body>, ErrorKind> {
     let target =
         relay::request_target(req.method(), req.uri()).map_err(|_| ErrorKind::BadRequest)?;
+    tracing::debug!(
+        host = %Sensitive(&target.host),
+        port = target.port,
+        tunnel = req.method() == http::Method::CONNECT,
+        "submitting"
+    );
     let mut addrs = resolve_checked(&target.host, target.port, config).await?;
     // Never let the crowd be used against its own members' peer ports or the blender.
     addrs.retain(|a| !config.deny.contains(a) && !crowd.doc.members.iter().any(|m| m.addr == *a));

@@ -15,6 +15,7 @@
 //! - [`control`]: the jondo's status port; [`metrics`]: Prometheus text format.
 //! - [`blender_client`]: a jondo's calls to the blender.
 //! - [`demo`] and [`site`]: a whole crowd plus a sample website in one process.
+//! - [`safelog`]: redaction of destinations in logs.
 //! - [`files`], [`net`], [`body`], [`error`]: small shared helpers.
 
 pub mod blender;
@@ -30,6 +31,7 @@ pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod safelog;
 pub mod site;
 pub mod socks;
 pub mod store;

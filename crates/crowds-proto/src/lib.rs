@@ -16,9 +16,11 @@
 //! - [`relay`]: the form of a relayed request on a link, and the crowd's error kinds.
 //! - [`headers`]: header hygiene for requests entering the crowd and responses leaving it.
 //! - [`anonymity`]: the paper's closed-form guarantees (probable innocence).
+//! - [`analysis`]: those figures beside Monte Carlo over the real path code (`crowds analyze`).
 //! - [`policy`]: which destination addresses an exit may submit to.
 //! - [`socks`]: SOCKS5 messages for the local SOCKS port.
 
+pub mod analysis;
 pub mod anonymity;
 pub mod document;
 pub mod headers;

@@ -22,6 +22,28 @@ use tokio_util::sync::CancellationToken;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    global: GlobalArgs,
+}
+
+/// Options every command accepts.
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CROWDS_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log destinations (host names and addresses) at debug level. Never do this on a
+    /// jondo others rely on: its log becomes a record of where people browse.
+    #[arg(long, global = true)]
+    unsafe_logging: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -35,6 +57,34 @@ enum Command {
     Jondo(Box<JondoArgs>),
     /// Run a whole crowd on this machine, with a sample website, ready to browse.
     Demo(DemoArgs),
+    /// Write a commented jondo config file (every setting, its default and meaning) and
+    /// create the identity key. Any jondo flag given here is written into the file.
+    ///
+    /// Example: crowds init --blender blender.example.org:7000 --account alice
+    Init(Box<InitArgs>),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    ///
+    /// Example: crowds completions bash > /etc/bash_completion.d/crowds
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    ///
+    /// Example: crowds manpage > /usr/local/share/man/man1/crowds.1
+    Manpage,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Where to write the config file [default: $XDG_CONFIG_HOME/crowds/jondo.toml].
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Replace an existing file.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    jondo: JondoArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,72 +147,75 @@ struct BlenderArgs {
     control_listen: Option<SocketAddr>,
 }
 
-/// Jondo settings; each may also come from the TOML file given with `--config`
-/// (same names with underscores); flags win over the file.
+/// Jondo settings. Each comes, in this order of precedence, from its flag, its
+/// environment variable (`CROWDS_` + the name in capitals with underscores), the TOML
+/// file given with `--config` (default: `$XDG_CONFIG_HOME/crowds/jondo.toml` if it
+/// exists), or its default.
 #[derive(Args, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JondoArgs {
-    /// TOML file with any of these settings (flags override it).
-    #[arg(long)]
+    /// TOML file with any of these settings (flags and environment override it)
+    /// [default: $XDG_CONFIG_HOME/crowds/jondo.toml if it exists].
+    #[arg(long, env = "CROWDS_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Directory for the identity key.
-    #[arg(long)]
+    /// Directory for the identity key [default: $XDG_DATA_HOME/crowds].
+    #[arg(long, env = "CROWDS_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// The blender's API address, HOST:PORT.
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_BLENDER")]
     blender: Option<String>,
     /// File with the blender's public key (its blender.pub).
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_BLENDER_KEY")]
     blender_key: Option<PathBuf>,
     /// Account name at the blender.
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_ACCOUNT")]
     account: Option<String>,
     /// File holding the password (first line); must not be group/world readable.
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
     /// Where other jondos connect, HOST:PORT.
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_PEER_LISTEN")]
     peer_listen: Option<SocketAddr>,
     /// Address announced to the crowd if not the peer-listen address (NAT, 0.0.0.0).
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_ADVERTISE")]
     advertise: Option<SocketAddr>,
     /// The local HTTP proxy for your browser [default: 127.0.0.1:8118].
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_PROXY_LISTEN")]
     proxy_listen: Option<SocketAddr>,
     /// The local SOCKS5 proxy (not yet supported: answers with a refusal) [default: 127.0.0.1:1080].
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_SOCKS_LISTEN")]
     socks_listen: Option<SocketAddr>,
     /// The status port (GET /status.json) [default: 127.0.0.1:8119].
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_CONTROL_LISTEN")]
     control_listen: Option<SocketAddr>,
     /// Let this jondo's exit reach loopback and private addresses (testing only).
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_ALLOW_PRIVATE_DESTINATIONS")]
     #[serde(default)]
     allow_private_destinations: bool,
     /// Heartbeat interval [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CROWDS_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     heartbeat_interval: Option<Duration>,
     /// How often to check for a new crowd document [default: 1s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CROWDS_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     poll_interval: Option<Duration>,
     /// Close tunnels and response bodies that move no byte for this long [default: 5m].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CROWDS_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     idle_timeout: Option<Duration>,
     /// Keep Cookie/Set-Cookie on plain HTTP (every jondo on your path can read them).
-    #[arg(long)]
+    #[arg(long, env = "CROWDS_KEEP_COOKIES")]
     #[serde(default)]
     keep_cookies: bool,
     /// Destination ports this jondo's exit allows: a list like 80,443 or `any`
     /// [default: 80,443,8000,8008,8080,8443,8888; any with --allow-private-destinations].
-    #[arg(long, value_parser = crowds_proto::policy::PortPolicy::parse)]
+    #[arg(long, env = "CROWDS_EXIT_PORTS", value_parser = crowds_proto::policy::PortPolicy::parse)]
     #[serde(default, deserialize_with = "opt_ports")]
     exit_ports: Option<crowds_proto::policy::PortPolicy>,
     /// Time a server has to start answering, at this jondo's exit [default: 60s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CROWDS_SERVER_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     server_timeout: Option<Duration>,
 }
@@ -203,7 +256,7 @@ struct DemoArgs {
 }
 
 /// Logs go to standard error, filtered by `RUST_LOG` (default `info`; `warn` for the
-/// demo, whose output is its table and instructions).
+/// demo, whose output is its table and instructions), as text or JSON lines.
 pub fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Demo(_) => "warn",
@@ -211,10 +264,20 @@ pub fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.global.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    if cli.global.unsafe_logging {
+        crowds_node::safelog::set_unsafe_logging(true);
+        tracing::warn!(
+            "UNSAFE LOGGING IS ON: destinations will appear in this log. This log is now a record \
+             of where people browse; turn it off unless you are debugging your own traffic."
+        );
+    }
 }
 
 /// Runs the parsed command.
@@ -224,6 +287,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Blender(args) => run_blender(args).await,
         Command::Jondo(args) => run_jondo(*args).await,
         Command::Demo(args) => run_demo(args).await,
+        Command::Init(args) => init(*args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "crowds", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 
@@ -313,7 +387,11 @@ async fn run_blender(args: BlenderArgs) -> Result<()> {
 }
 
 fn merge(flags: JondoArgs) -> Result<JondoConfig> {
-    let file: JondoArgs = match &flags.config {
+    let config_path = flags
+        .config
+        .clone()
+        .or_else(|| Some(xdg_config_file()).filter(|p| p.exists()));
+    let file: JondoArgs = match &config_path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -332,7 +410,10 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
     let blender_key_file = need(flags.blender_key, file.blender_key, "blender-key")?;
     let password_file = need(flags.password_file, file.password_file, "password-file")?;
     let config = JondoConfig {
-        data_dir: need(flags.data_dir, file.data_dir, "data-dir")?,
+        data_dir: flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(xdg_data_dir),
         blender: need(flags.blender, file.blender, "blender")?,
         blender_key: files::read_public_key(&blender_key_file)?,
         account: need(flags.account, file.account, "account")?,
@@ -489,4 +570,191 @@ fn describe(seen: &str) -> String {
         Some(d) if d >= 2 => format!("{seen} (jondo {})", d - 1),
         _ => seen.to_string(),
     }
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `$XDG_DATA_HOME/crowds` (or `~/.local/share/crowds`).
+fn xdg_data_dir() -> PathBuf {
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("crowds")
+}
+
+/// `$XDG_CONFIG_HOME/crowds/jondo.toml` (or `~/.config/crowds/jondo.toml`).
+fn xdg_config_file() -> PathBuf {
+    xdg_dir("XDG_CONFIG_HOME", ".config")
+        .join("crowds")
+        .join("jondo.toml")
+}
+
+fn toml_value<T: std::fmt::Display>(v: &Option<T>) -> Option<String> {
+    v.as_ref()
+        .map(|v| toml::Value::String(v.to_string()).to_string())
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let path = args.output.clone().unwrap_or_else(xdg_config_file);
+    if path.exists() && !args.force {
+        bail!(
+            "{} already exists; use --force to replace it",
+            path.display()
+        );
+    }
+    let j = &args.jondo;
+    let data_dir = j.data_dir.clone().unwrap_or_else(xdg_data_dir);
+    let key = files::load_or_create_identity(&data_dir)?;
+    let dur = |d: &Option<Duration>| d.map(|d| humantime::format_duration(d).to_string());
+    let line = |out: &mut String, help: &str, key: &str, value: Option<String>, example: &str| {
+        out.push_str(&format!("\n# {help}\n"));
+        match value {
+            Some(v) => out.push_str(&format!("{key} = {v}\n")),
+            None => out.push_str(&format!("# {key} = {example}\n")),
+        }
+    };
+    let mut out = String::from(
+        "# crowds jondo configuration (written by `crowds init`).\n\
+         # Run with: crowds jondo --config THIS_FILE\n\
+         # Precedence: command-line flags > CROWDS_* environment variables > this file > defaults.\n\
+         # Lines starting with '#' show the default or an example; remove the '#' to set them.\n",
+    );
+    let path_s = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    line(
+        &mut out,
+        "Directory holding this jondo's identity key (identity.key, mode 0600).",
+        "data_dir",
+        Some(toml::Value::String(data_dir.display().to_string()).to_string()),
+        "",
+    );
+    line(
+        &mut out,
+        "The blender's API address, HOST:PORT. Required.",
+        "blender",
+        toml_value(&j.blender),
+        "\"blender.example.org:7000\"",
+    );
+    line(
+        &mut out,
+        "File holding the blender's public key (its blender.pub). Required.",
+        "blender_key",
+        toml_value(&path_s(&j.blender_key)),
+        "\"/etc/crowds/blender.pub\"",
+    );
+    line(
+        &mut out,
+        "Your account at the blender. Required.",
+        "account",
+        toml_value(&j.account),
+        "\"alice\"",
+    );
+    line(
+        &mut out,
+        "File whose first line is your password; must be mode 0600. Required.",
+        "password_file",
+        toml_value(&path_s(&j.password_file)),
+        "\"/home/alice/.config/crowds/password\"",
+    );
+    line(&mut out, "Where other members connect to this jondo, HOST:PORT. Required; must be reachable by them.", "peer_listen", toml_value(&j.peer_listen), "\"0.0.0.0:7070\"");
+    line(&mut out, "Address announced to the crowd, if not peer_listen (behind NAT, or when listening on 0.0.0.0).", "advertise", toml_value(&j.advertise), "\"203.0.113.5:7070\"");
+    line(
+        &mut out,
+        "The local HTTP proxy for your browser (keep it on loopback).",
+        "proxy_listen",
+        toml_value(&j.proxy_listen),
+        "\"127.0.0.1:8118\"",
+    );
+    line(
+        &mut out,
+        "The local SOCKS5 proxy (CONNECT, names resolved at the exit).",
+        "socks_listen",
+        toml_value(&j.socks_listen),
+        "\"127.0.0.1:1080\"",
+    );
+    line(
+        &mut out,
+        "The status page, /status.json, /metrics and /proxy.pac.",
+        "control_listen",
+        toml_value(&j.control_listen),
+        "\"127.0.0.1:8119\"",
+    );
+    line(
+        &mut out,
+        "Let this jondo's exit reach loopback and private addresses (testing only).",
+        "allow_private_destinations",
+        j.allow_private_destinations.then(|| "true".into()),
+        "false",
+    );
+    line(
+        &mut out,
+        "Destination ports this jondo's exit allows: \"80,443,...\" or \"any\".",
+        "exit_ports",
+        toml_value(&j.exit_ports.as_ref().map(|p| {
+            match p {
+                crowds_proto::policy::PortPolicy::Any => "any".to_string(),
+                crowds_proto::policy::PortPolicy::Only(v) => v
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }
+        })),
+        "\"80,443,8000,8008,8080,8443,8888\"",
+    );
+    line(
+        &mut out,
+        "Keep Cookie/Set-Cookie on plain HTTP (every jondo on your path can read them).",
+        "keep_cookies",
+        j.keep_cookies.then(|| "true".into()),
+        "false",
+    );
+    line(
+        &mut out,
+        "How often to tell the blender this jondo is alive.",
+        "heartbeat_interval",
+        toml_value(&dur(&j.heartbeat_interval)),
+        "\"5s\"",
+    );
+    line(
+        &mut out,
+        "How often to check for a new crowd document.",
+        "poll_interval",
+        toml_value(&dur(&j.poll_interval)),
+        "\"1s\"",
+    );
+    line(
+        &mut out,
+        "Close tunnels and response bodies that move no byte for this long.",
+        "idle_timeout",
+        toml_value(&dur(&j.idle_timeout)),
+        "\"5m\"",
+    );
+    line(
+        &mut out,
+        "Time a server has to start answering, at this jondo's exit.",
+        "server_timeout",
+        toml_value(&dur(&j.server_timeout)),
+        "\"60s\"",
+    );
+    // The file must parse as a config before it is written.
+    toml::from_str::<JondoArgs>(&out)
+        .map_err(|e| anyhow!("internal error: generated config does not parse: {e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    eprintln!(
+        "identity key in {} (public key {})",
+        data_dir.display(),
+        key.public()
+    );
+    eprintln!(
+        "next: fill in the required settings, then run: crowds jondo --config {}",
+        path.display()
+    );
+    Ok(())
 }
