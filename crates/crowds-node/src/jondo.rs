@@ -363,13 +363,20 @@ impl Node {
         if relay::request_target(req.method(), req.uri()).is_err() {
             return body::crowd_error(ErrorKind::BadRequest);
         }
-        let hop = lock(&self.paths).route(
-            &mut rand::thread_rng(),
-            pred,
-            in_path,
-            crowd.doc.forward_probability,
-            &crowd.forwarders,
-        );
+        #[cfg(feature = "bench")]
+        let forced = bench::forced_hop(pred, &mut req, &crowd);
+        #[cfg(not(feature = "bench"))]
+        let forced: Option<Hop> = None;
+        let hop = match forced {
+            Some(hop) => Ok(hop),
+            None => lock(&self.paths).route(
+                &mut rand::thread_rng(),
+                pred,
+                in_path,
+                crowd.doc.forward_probability,
+                &crowd.forwarders,
+            ),
+        };
         match hop {
             Err(RouteError::TableFull) => body::crowd_error(ErrorKind::Overloaded),
             Err(_) => body::crowd_error(ErrorKind::NotAdmitted),
@@ -814,5 +821,62 @@ async fn heartbeat(
                 tracing::warn!("heartbeat failed: {e}");
             }
         }
+    }
+}
+
+/// Benchmark builds only (cargo feature `bench`, never in the shipped binary): paths of
+/// an exact length, so a crowd path of k jondos can be compared with a chain of k relays.
+/// The initiator reads the length from `CROWDS_BENCH_PATH_LENGTH` (jondos on the path,
+/// itself included) and each hop counts down in a `crowds-bench-hops` header, choosing a
+/// random other member each time. This breaks the protocol's anonymity on purpose.
+#[cfg(feature = "bench")]
+mod bench {
+    use super::Crowd;
+    use crowds_proto::path::{Hop, PathId, Predecessor};
+    use http::{HeaderValue, Request};
+    use rand::Rng;
+
+    const HEADER: &str = "crowds-bench-hops";
+
+    pub(super) fn forced_hop<B>(
+        pred: Predecessor,
+        req: &mut Request<B>,
+        crowd: &Crowd,
+    ) -> Option<Hop> {
+        let remaining: u32 = match pred {
+            Predecessor::Local => {
+                let k: u32 = std::env::var("CROWDS_BENCH_PATH_LENGTH")
+                    .ok()?
+                    .parse()
+                    .ok()?;
+                if k <= 1 {
+                    return Some(Hop::Submit);
+                }
+                k - 1
+            }
+            Predecessor::Member(_) => req.headers().get(HEADER)?.to_str().ok()?.parse().ok()?,
+        };
+        if remaining == 0 {
+            req.headers_mut().remove(HEADER);
+            return Some(Hop::Submit);
+        }
+        let me = crowd.self_id?;
+        let others: Vec<_> = crowd
+            .forwarders
+            .iter()
+            .copied()
+            .filter(|m| *m != me)
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let mut rng = rand::thread_rng();
+        let successor = others[rng.gen_range(0..others.len())];
+        req.headers_mut()
+            .insert(HEADER, HeaderValue::from(remaining - 1));
+        Some(Hop::Forward {
+            successor,
+            path: PathId(rng.gen_range(1..=u64::MAX)),
+        })
     }
 }
