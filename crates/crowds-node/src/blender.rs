@@ -15,18 +15,20 @@ use crate::body::{self, Body};
 use crate::error::NodeError;
 use crate::files::{self, BLENDER_PUB_FILE};
 use crate::net::{self, now_ms};
+use crate::safelog::Sensitive;
 use crate::store::Store;
 use crate::tls;
 use crowds_proto::document::{Member, FLAG_CLIENT_ONLY};
 use crowds_proto::identity::{PublicKey, SecretKey};
 use crowds_proto::roster::{JoinOutcome, Roster, RosterConfig};
+use crowds_proto::throttle::{LoginThrottle, RateLimit};
 use crowds_proto::MemberId;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_API_CONNECTIONS: usize = 512;
 /// Largest JSON request body.
 pub const MAX_API_BODY: usize = 16 * 1024;
+/// Join requests accepted per source address per minute, by default.
+pub const DEFAULT_MAX_JOINS_PER_MINUTE: u32 = 60;
 /// How often the epoch ticker looks at the roster.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -62,6 +66,8 @@ pub struct BlenderConfig {
     pub connect_back_timeout: Duration,
     /// Where to serve the status page and metrics (loopback; `None`: not served).
     pub control_listen: Option<SocketAddr>,
+    /// Join requests accepted per source address per minute.
+    pub max_joins_per_minute: u32,
 }
 
 impl BlenderConfig {
@@ -77,6 +83,7 @@ impl BlenderConfig {
             rejoin_interval: Duration::from_secs(300),
             connect_back_timeout: Duration::from_secs(3),
             control_listen: None,
+            max_joins_per_minute: DEFAULT_MAX_JOINS_PER_MINUTE,
         }
     }
 }
@@ -123,7 +130,16 @@ struct Stats {
     client_only_joins: AtomicU64,
 }
 
+/// What login failures are counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    Account(String),
+    Source(IpAddr),
+}
+
 struct State {
+    logins: Mutex<LoginThrottle<ThrottleKey>>,
+    join_rate: Mutex<RateLimit<IpAddr>>,
     stats: Stats,
     started_at: u64,
     key: SecretKey,
@@ -198,6 +214,11 @@ pub async fn start(
         .local_addr()
         .map_err(|e| NodeError::io("listener address", e))?;
     let state = Arc::new(State {
+        logins: Mutex::new(LoginThrottle::new()),
+        join_rate: Mutex::new(RateLimit::new(
+            config.max_joins_per_minute,
+            config.max_joins_per_minute.clamp(1, 20),
+        )),
         stats: Stats::default(),
         started_at: now,
         key,
@@ -219,7 +240,7 @@ pub async fn start(
         listener,
         MAX_API_CONNECTIONS,
         shutdown.clone(),
-        move |stream, _| {
+        move |stream, peer: SocketAddr| {
             let state = api_state.clone();
             let acceptor = acceptor.clone();
             async move {
@@ -233,7 +254,9 @@ pub async fn start(
                 };
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(api(state, client, req).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(api(state, client, peer.ip(), req).await)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -329,10 +352,15 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     body::json(status, &serde_json::json!({ "error": message }))
 }
 
-async fn api(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> Response<Body> {
+async fn api(
+    state: Arc<State>,
+    client: PublicKey,
+    source: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/v1/crowd") => crowd(&state, &req),
-        (Method::POST, "/v1/join") => join(state, client, req).await,
+        (Method::POST, "/v1/join") => join(state, client, source, req).await,
         (Method::POST, "/v1/heartbeat") => {
             let id = lock(&state.keys).get(&client).copied();
             match id {
@@ -373,7 +401,28 @@ fn crowd(state: &State, req: &Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> Response<Body> {
+fn too_many(message: &str, retry_after_ms: u64) -> Response<Body> {
+    let mut resp = body::json(
+        StatusCode::TOO_MANY_REQUESTS,
+        &serde_json::json!({ "error": message, "retry_after_ms": retry_after_ms }),
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after_ms.div_ceil(1000)),
+    );
+    resp
+}
+
+async fn join(
+    state: Arc<State>,
+    client: PublicKey,
+    source: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let now = now_ms();
+    if let Err(wait) = lock(&state.join_rate).take(source, now) {
+        return too_many("too many join requests from this address; slow down", wait);
+    }
     let Ok(bytes) = body::read_limited(req.into_body(), MAX_API_BODY).await else {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     };
@@ -386,15 +435,43 @@ async fn join(state: Arc<State>, client: PublicKey, req: Request<Incoming>) -> R
             "peer_addr must be a reachable address and port",
         );
     }
+    // Password guessing is slowed per account and per source address.
+    {
+        let throttle = lock(&state.logins);
+        let waits = [
+            throttle.check(&ThrottleKey::Account(join.account.clone()), now),
+            throttle.check(&ThrottleKey::Source(source), now),
+        ];
+        if let Some(wait) = waits.into_iter().filter_map(Result::err).max() {
+            return too_many("too many failed logins; wait before trying again", wait);
+        }
+    }
     let store = state.store.clone();
-    let (account, password) = (join.account, join.password);
+    let account = join.account.clone();
+    let password = zeroize::Zeroizing::new(join.password);
     let verified =
         tokio::task::spawn_blocking(move || lock(&store).verify_login(&account, &password)).await;
     let id = match verified {
-        Ok(Ok(Some(id))) => id,
+        Ok(Ok(Some(id))) => {
+            let mut throttle = lock(&state.logins);
+            throttle.record_success(&ThrottleKey::Account(join.account.clone()));
+            throttle.record_success(&ThrottleKey::Source(source));
+            id
+        }
         Ok(Ok(None)) => {
             state.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("refused a login: unknown account or wrong password");
+            let delay = {
+                let mut throttle = lock(&state.logins);
+                let a = throttle.record_failure(ThrottleKey::Account(join.account.clone()), now);
+                let b = throttle.record_failure(ThrottleKey::Source(source), now);
+                a.max(b)
+            };
+            // Neither the password nor the account name is logged.
+            tracing::warn!(
+                source = %Sensitive(source),
+                next_attempt_delay_ms = delay,
+                "refused a login: unknown account or wrong password"
+            );
             return error(
                 StatusCode::UNAUTHORIZED,
                 "login refused: unknown account or wrong password",

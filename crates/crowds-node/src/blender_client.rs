@@ -128,9 +128,13 @@ impl BlenderClient {
             password: password.to_string(),
             peer_addr,
         };
-        let body = serde_json::to_vec(&req).map_err(|e| NodeError::Blender(e.to_string()))?;
+        let body = serde_json::to_vec(&req).map_err(|e| NodeError::Blender(e.to_string()));
+        // Our copy of the password is wiped at once; the request bytes are handed to
+        // hyper, whose buffers we cannot wipe.
+        let mut req = req;
+        zeroize::Zeroize::zeroize(&mut req.password);
         let reply = self
-            .call(Method::POST, "/v1/join", Some(body), None)
+            .call(Method::POST, "/v1/join", Some(body?), None)
             .await?;
         match reply.status {
             StatusCode::OK => serde_json::from_slice(&reply.body)

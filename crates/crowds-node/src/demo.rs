@@ -92,7 +92,7 @@ pub async fn start(
             blender: blender.addr.to_string(),
             blender_key: blender.public_key,
             account: format!("demo{}", i + 1),
-            password,
+            password: crate::safelog::Secret::new(password),
             peer_listen: SocketAddr::new(ip, 0),
             advertise: None,
             proxy_listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),

@@ -5,6 +5,7 @@
 //! file contents.
 
 use crate::error::NodeError;
+use crate::safelog::Secret;
 use crowds_proto::identity::{PublicKey, SecretKey};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -93,12 +94,14 @@ pub fn check_private(path: &Path) -> Result<(), NodeError> {
 }
 
 /// Reads the first line of a password file that only its owner can read.
-pub fn read_password_file(path: &Path) -> Result<String, NodeError> {
+pub fn read_password_file(path: &Path) -> Result<Secret, NodeError> {
     check_private(path)?;
-    let text = fs::read_to_string(path)
-        .map_err(|e| NodeError::io(format!("cannot read password file {}", path.display()), e))?;
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.is_empty() {
+    let text =
+        zeroize::Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+            NodeError::io(format!("cannot read password file {}", path.display()), e)
+        })?);
+    let line = Secret::new(text.lines().next().unwrap_or("").to_string());
+    if line.expose().is_empty() {
         return Err(NodeError::Config(format!(
             "password file {} is empty",
             path.display()
@@ -133,6 +136,6 @@ mod tests {
         let err = read_password_file(&p).expect_err("must refuse");
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
-        assert_eq!(read_password_file(&p).expect("ok"), "secret");
+        assert_eq!(read_password_file(&p).expect("ok").expose(), "secret");
     }
 }

@@ -16,6 +16,7 @@ use crate::files;
 use crate::link::{self, Links};
 use crate::net::{self, now_ms};
 use crate::proxy;
+use crate::safelog::Secret;
 use crate::socks;
 use crate::tls;
 use crate::tunnel;
@@ -59,7 +60,7 @@ pub struct JondoConfig {
     /// Account name at the blender.
     pub account: String,
     /// The account's password.
-    pub password: String,
+    pub password: Secret,
     /// Where peers connect.
     pub peer_listen: SocketAddr,
     /// The address announced to the crowd (default: `peer_listen`'s bound address).
@@ -378,7 +379,9 @@ impl Node {
             ),
         };
         match hop {
-            Err(RouteError::TableFull) => body::crowd_error(ErrorKind::Overloaded),
+            Err(RouteError::TableFull | RouteError::PredecessorFull) => {
+                body::crowd_error(ErrorKind::Overloaded)
+            }
             Err(_) => body::crowd_error(ErrorKind::NotAdmitted),
             Ok(Hop::Submit) => {
                 self.stats.submitted.fetch_add(1, Ordering::Relaxed);
@@ -671,7 +674,7 @@ async fn join_with_retry(
     let mut delay = Duration::from_millis(250);
     loop {
         match blender
-            .join(&config.account, &config.password, advertise)
+            .join(&config.account, config.password.expose(), advertise)
             .await
         {
             Err(NodeError::Blender(e)) => {
@@ -809,7 +812,7 @@ async fn heartbeat(
                 // The blender dropped us (we were silent, or it lost state): join again.
                 tracing::warn!("the blender no longer lists this jondo; joining again");
                 if let Err(e) = blender
-                    .join(&config.account, &config.password, advertise)
+                    .join(&config.account, config.password.expose(), advertise)
                     .await
                 {
                     tracing::warn!("re-join failed: {e}");

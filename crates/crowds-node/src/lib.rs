@@ -18,6 +18,11 @@
 //! - [`safelog`]: redaction of destinations in logs.
 //! - [`files`], [`net`], [`body`], [`error`]: small shared helpers.
 
+#![forbid(unsafe_code)]
+// A peer's bytes must never panic a jondo: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::await_holding_lock)]
+
 pub mod blender;
 pub mod blender_client;
 pub mod body;

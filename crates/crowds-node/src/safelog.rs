@@ -1,4 +1,5 @@
-//! Redaction of what must not reach logs: destinations, addresses, account names.
+//! Redaction of what must not reach logs: destinations, addresses, account names,
+//! and secrets.
 //!
 //! Owns [`Sensitive`], whose `Display` prints `[scrubbed]` unless unsafe logging was
 //! switched on for this process (`crowds --unsafe-logging`). A jondo's log must never
@@ -38,6 +39,29 @@ impl<T: fmt::Display> fmt::Debug for Sensitive<T> {
     }
 }
 
+/// A password (or other secret string): zeroized when dropped, never printed by `Debug`
+/// or `Display`, only read through [`Secret::expose`].
+#[derive(Clone)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> Self {
+        Self(zeroize::Zeroizing::new(secret))
+    }
+
+    /// The secret itself, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +73,12 @@ mod tests {
         assert_eq!(Sensitive("example.org").to_string(), "example.org");
         set_unsafe_logging(false);
         assert_eq!(format!("{:?}", Sensitive("x")), "[scrubbed]");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(s.expose(), "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

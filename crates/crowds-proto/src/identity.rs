@@ -123,6 +123,14 @@ impl SecretKey {
     }
 }
 
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        // Wipe our copy of the private key (ring keeps its own expanded copy, which it
+        // does not expose for wiping).
+        zeroize::Zeroize::zeroize(&mut self.pkcs8);
+    }
+}
+
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

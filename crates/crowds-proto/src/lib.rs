@@ -19,6 +19,12 @@
 //! - [`analysis`]: those figures beside Monte Carlo over the real path code (`crowds analyze`).
 //! - [`policy`]: which destination addresses an exit may submit to.
 //! - [`socks`]: SOCKS5 messages for the local SOCKS port.
+//! - [`throttle`]: the blender's limits on password guessing and join floods.
+
+#![forbid(unsafe_code)]
+// A peer's bytes must never panic a jondo: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::await_holding_lock)]
 
 pub mod analysis;
 pub mod anonymity;
@@ -30,6 +36,7 @@ pub mod policy;
 pub mod relay;
 pub mod roster;
 pub mod socks;
+pub mod throttle;
 pub mod view;
 
 /// A member of a crowd, as numbered by the blender (one account, one member id).

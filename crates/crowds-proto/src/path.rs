@@ -15,6 +15,9 @@ use std::fmt;
 
 /// Most path entries a jondo keeps (each is a few dozen bytes).
 pub const MAX_PATHS: usize = 1 << 16;
+/// Most paths one predecessor may have through a jondo, so a member flooding path
+/// set-ups cannot fill the table for everyone else.
+pub const MAX_PATHS_PER_PREDECESSOR: usize = 1 << 12;
 
 /// A path identifier on one link, chosen by the sending side.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +80,9 @@ pub enum RouteError {
     /// The routing table is full.
     #[error("too many paths through this jondo")]
     TableFull,
+    /// This predecessor already has [`MAX_PATHS_PER_PREDECESSOR`] paths here.
+    #[error("too many paths from one predecessor")]
+    PredecessorFull,
 }
 
 /// The coin of one jondo: forward (to whom) or submit.
@@ -103,6 +109,7 @@ pub fn choose_hop<R: Rng + ?Sized>(
 pub struct PathTable {
     routes: HashMap<(Predecessor, PathId), Hop>,
     outgoing: HashSet<(MemberId, PathId)>,
+    per_predecessor: HashMap<Predecessor, usize>,
     formed: u64,
 }
 
@@ -148,6 +155,9 @@ impl PathTable {
         if self.routes.len() >= MAX_PATHS {
             return Err(RouteError::TableFull);
         }
+        if self.per_predecessor.get(&pred).copied().unwrap_or(0) >= MAX_PATHS_PER_PREDECESSOR {
+            return Err(RouteError::PredecessorFull);
+        }
         let initiator = pred == Predecessor::Local;
         let hop = match choose_hop(rng, initiator, forward_probability, forwarders)? {
             None => Hop::Submit,
@@ -162,13 +172,23 @@ impl PathTable {
             }
         };
         self.routes.insert((pred, path), hop);
+        *self.per_predecessor.entry(pred).or_default() += 1;
         self.formed += 1;
         Ok(hop)
     }
 
     /// Forgets one path (its successor failed).
     pub fn forget(&mut self, pred: Predecessor, path: PathId) {
-        if let Some(Hop::Forward { successor, path }) = self.routes.remove(&(pred, path)) {
+        let Some(hop) = self.routes.remove(&(pred, path)) else {
+            return;
+        };
+        if let Some(n) = self.per_predecessor.get_mut(&pred) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_predecessor.remove(&pred);
+            }
+        }
+        if let Hop::Forward { successor, path } = hop {
             self.outgoing.remove(&(successor, path));
         }
     }
@@ -177,6 +197,7 @@ impl PathTable {
     pub fn forget_all(&mut self) {
         self.routes.clear();
         self.outgoing.clear();
+        self.per_predecessor.clear();
     }
 
     /// Forgets the paths that arrive from `member` (it left the crowd).

@@ -73,6 +73,11 @@ enum Command {
     ///
     /// Example: crowds manpage > /usr/local/share/man/man1/crowds.1
     Manpage,
+    /// Anonymity figures of a crowd: the paper's closed forms beside Monte Carlo over the
+    /// jondos' own path code, the predecessor attack, optional JSON and SVG plots.
+    ///
+    /// Example: crowds analyze --members 20 --collaborators 3 --pf 0.75 --svg crowd.svg
+    Analyze(crate::analyze::AnalyzeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -298,13 +303,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             Ok(())
         }
+        Command::Analyze(args) => crate::analyze::run(args),
     }
 }
 
 fn account(cmd: AccountCommand) -> Result<()> {
     match cmd {
         AccountCommand::Add { data_dir, name } => {
-            let mut line = String::new();
+            let mut line = zeroize::Zeroizing::new(String::new());
             std::io::stdin()
                 .lock()
                 .read_line(&mut line)

@@ -1,6 +1,11 @@
 //! `crowds`: the command line. Parses arguments and config files, sets up logging,
 //! and hands over to [`crowds_node`]. No protocol logic lives here.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::await_holding_lock)]
+
+mod analyze;
 mod cli;
 
 use clap::Parser;

@@ -185,3 +185,41 @@ proptest! {
         prop_assert!((p2 - (1.0 - pf)).abs() < 5.0 * ((pf * (1.0 - pf)) / samples as f64).sqrt());
     }
 }
+
+#[test]
+fn one_flooding_predecessor_cannot_fill_the_table() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut table = PathTable::new();
+    let members = [1, 2, 3];
+    let mut refused = 0;
+    for i in 0..(MAX_PATHS_PER_PREDECESSOR as u64 + 100) {
+        match table.route(
+            &mut rng,
+            Predecessor::Member(7),
+            PathId(i + 1),
+            0.75,
+            &members,
+        ) {
+            Ok(_) => {}
+            Err(RouteError::PredecessorFull) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(refused, 100);
+    // Others still get paths, and the flooder gets one again once a path is forgotten.
+    assert!(table
+        .route(&mut rng, Predecessor::Member(8), PathId(1), 0.75, &members)
+        .is_ok());
+    table.forget(Predecessor::Member(7), PathId(1));
+    assert!(table
+        .route(
+            &mut rng,
+            Predecessor::Member(7),
+            PathId(999_999),
+            0.75,
+            &members
+        )
+        .is_ok());
+    table.forget_from(7);
+    assert_eq!(table.len(), 1);
+}
