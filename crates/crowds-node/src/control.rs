@@ -80,6 +80,7 @@ pub fn status(node: &Node) -> serde_json::Value {
             "submitted": s.submitted.load(Ordering::Relaxed),
             "path_failures": s.path_failures.load(Ordering::Relaxed),
             "retries": s.retries.load(Ordering::Relaxed),
+            "served_from_bundles": s.served_from_bundles.load(Ordering::Relaxed),
         },
         "errors": errors,
         "bytes": {

@@ -104,6 +104,7 @@ pub async fn start(
             idle_timeout: Duration::from_secs(300),
             server_timeout: Duration::from_secs(60),
             keep_cookies: false,
+            no_prefetch: false,
             exit_ports: None,
         };
         jondos.push(jondo::start(jc, shutdown.clone()).await?);

@@ -10,6 +10,7 @@
 
 use crate::body::{self, Body};
 use crate::jondo::Crowd;
+use crate::prefetch;
 use crate::safelog::Sensitive;
 use crate::tunnel;
 use crowds_proto::headers::{self, Hygiene};
@@ -18,6 +19,7 @@ use crowds_proto::relay::{self, ErrorKind};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -115,16 +117,31 @@ pub async fn connect(addrs: &[SocketAddr], config: &ExitConfig) -> Result<TcpStr
 
 /// Submits a relayed request to its server and returns the server's response.
 /// `guard` is held for the lifetime of a tunnel.
+///
+/// A GET carrying the prefetch header whose answer is an HTML page comes back as a page
+/// bundle: the page, then its embedded objects, fetched here (the timing defence).
 pub async fn submit<G: Send + 'static>(
     req: Request<Body>,
     config: &ExitConfig,
-    crowd: &Crowd,
+    crowd: &Arc<Crowd>,
     guard: G,
 ) -> Response<Body> {
+    let prefetch = prefetch::wants_bundle(&req);
+    let page_url = req.uri().clone();
     match try_submit(req, config, crowd, guard).await {
+        Ok(resp) if prefetch => prefetch::bundle(&page_url, resp, config.clone(), crowd.clone()),
         Ok(resp) => resp,
         Err(kind) => body::crowd_error(kind),
     }
+}
+
+/// Fetches one object for the timing defence, under the same policy as any request.
+pub async fn fetch(
+    req: Request<Body>,
+    config: &ExitConfig,
+    crowd: &Crowd,
+) -> Result<Response<Body>, ErrorKind> {
+    try_submit(req, config, crowd, ()).await
 }
 
 async fn try_submit<G: Send + 'static>(
@@ -170,7 +187,15 @@ async fn try_submit<G: Send + 'static>(
         .authority()
         .map(|a| a.as_str().to_string())
         .ok_or(ErrorKind::BadRequest)?;
+    let navigation = parts.headers.contains_key(prefetch::PREFETCH_HEADER);
     headers::sanitize_request(&mut parts.headers, Hygiene::SAFETY_NET);
+    if navigation {
+        // The page must be parsed here, so ask for it uncompressed.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     parts.headers.insert(
         header::HOST,
         HeaderValue::from_str(&authority).map_err(|_| ErrorKind::BadRequest)?,

@@ -83,9 +83,46 @@ pub struct JondoConfig {
     pub server_timeout: Duration,
     /// Keep cookies on plain HTTP (every jondo on the path can read them).
     pub keep_cookies: bool,
+    /// Do not ask exits for page bundles (turns the timing defence off for this user).
+    pub no_prefetch: bool,
     /// Destination ports this exit allows (`None`: the default list, or any port
     /// with `allow_private_destinations`).
     pub exit_ports: Option<PortPolicy>,
+}
+
+impl JondoConfig {
+    /// A configuration with the required settings and every other one at its default
+    /// (local ports on 127.0.0.1 chosen by the system, SOCKS off).
+    pub fn new(
+        data_dir: PathBuf,
+        blender: String,
+        blender_key: PublicKey,
+        account: String,
+        password: Secret,
+        peer_listen: SocketAddr,
+    ) -> Self {
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir,
+            blender,
+            blender_key,
+            account,
+            password,
+            peer_listen,
+            advertise: None,
+            proxy_listen: local,
+            socks_listen: None,
+            control_listen: local,
+            allow_private_destinations: false,
+            heartbeat_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(300),
+            server_timeout: Duration::from_secs(60),
+            keep_cookies: false,
+            no_prefetch: false,
+            exit_ports: None,
+        }
+    }
 }
 
 /// The crowd as this jondo currently uses it.
@@ -127,6 +164,8 @@ pub struct Stats {
     pub path_failures: AtomicU64,
     /// Requests retried on a re-formed path.
     pub retries: AtomicU64,
+    /// Browser requests answered from page bundles, never sent into the crowd.
+    pub served_from_bundles: AtomicU64,
     /// Crowd errors returned to this jondo's user, by kind (index: [`ERROR_KINDS`]).
     pub errors: [AtomicU64; ERROR_KINDS.len()],
     /// Peer TLS handshakes completed.
@@ -170,6 +209,10 @@ pub struct Node {
     pub proxy_addr: SocketAddr,
     /// Header rules applied to this user's requests.
     pub hygiene: Hygiene,
+    /// Ask exits for page bundles (the timing defence).
+    pub prefetch: bool,
+    /// Objects received in page bundles, waiting for the browser's requests.
+    pub objects: Arc<crate::prefetch::ObjectCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -590,6 +633,8 @@ pub async fn start(
         hygiene: Hygiene {
             strip_cookies: !config.keep_cookies,
         },
+        prefetch: !config.no_prefetch,
+        objects: Arc::default(),
     });
 
     let mut tasks = Vec::new();

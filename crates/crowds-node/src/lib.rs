@@ -11,6 +11,7 @@
 //! - [`link`]: TLS 1.3 + HTTP/2 connections between jondos; [`tls`] pins raw keys.
 //! - [`proxy`]: the local HTTP proxy; [`socks`]: the local SOCKS5 proxy.
 //! - [`tunnel`]: splicing CONNECT tunnels hop by hop.
+//! - [`prefetch`]: the timing defence (page bundles at the exit, object cache at the initiator).
 //! - [`exit`]: submitting requests to servers (DNS at the exit, address policy).
 //! - [`control`]: the jondo's status port; [`metrics`]: Prometheus text format.
 //! - [`blender_client`]: a jondo's calls to the blender.
@@ -35,6 +36,7 @@ pub mod jondo;
 pub mod link;
 pub mod metrics;
 pub mod net;
+pub mod prefetch;
 pub mod proxy;
 pub mod safelog;
 pub mod site;

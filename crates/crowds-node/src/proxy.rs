@@ -8,6 +8,7 @@
 
 use crate::body::{self, Body};
 use crate::jondo::Node;
+use crate::prefetch;
 use crowds_proto::headers;
 use crowds_proto::relay::{self, ErrorKind, TargetError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -69,17 +70,33 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         return page(StatusCode::BAD_REQUEST, "Bad request", &text);
     }
     let is_connect = req.method() == Method::CONNECT;
+    if req.method() == Method::GET && http_body::Body::is_end_stream(req.body()) {
+        // The timing defence: an object an exit already sent us with its page is
+        // answered here; the request never enters the crowd.
+        if let Some(url) = prefetch::normalize(&req.uri().to_string()) {
+            if let Some(resp) = node.objects.take(&url).await {
+                node.stats
+                    .served_from_bundles
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return resp;
+            }
+        }
+    }
     let (mut parts, incoming) = req.into_parts();
     headers::sanitize_request(&mut parts.headers, node.hygiene);
-    let req = if is_connect {
+    let mut req = if is_connect {
         // The client's bytes follow the 200, on the upgraded connection.
         Request::from_parts(parts, body::empty())
     } else {
         Request::from_parts(parts, body::stream(incoming))
     };
+    if node.prefetch {
+        prefetch::mark_navigation(&mut req);
+    }
+    let objects = node.objects.clone();
     let hygiene = node.hygiene;
     let counter = node.clone();
-    let mut resp = node.initiate(req).await;
+    let mut resp = prefetch::unbundle(node.initiate(req).await, objects);
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         let title = match kind {

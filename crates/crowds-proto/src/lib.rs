@@ -15,6 +15,7 @@
 //! - [`path`]: path ids, the per-jondo routing table, the forward/submit coin.
 //! - [`relay`]: the form of a relayed request on a link, and the crowd's error kinds.
 //! - [`headers`]: header hygiene for requests entering the crowd and responses leaving it.
+//! - [`bundle`]: the page bundle of the timing defence (page plus embedded objects).
 //! - [`anonymity`]: the paper's closed-form guarantees (probable innocence).
 //! - [`analysis`]: those figures beside Monte Carlo over the real path code (`crowds analyze`).
 //! - [`policy`]: which destination addresses an exit may submit to.
@@ -28,6 +29,7 @@
 
 pub mod analysis;
 pub mod anonymity;
+pub mod bundle;
 pub mod document;
 pub mod headers;
 pub mod identity;

@@ -42,7 +42,7 @@ const CURVE_STOP: f64 = 0.95;
 const ROW_BUDGET: u64 = 2;
 
 /// Fewest campaigns behind a join-rate row.
-const ROW_MIN_CAMPAIGNS: u64 = 20;
+const ROW_MIN_CAMPAIGNS: u64 = 10;
 
 /// The join intervals of the join-rate table, in seconds, with their labels.
 const JOIN_INTERVALS: [(u64, &str); 3] = [(30, "30 s"), (300, "5 min"), (3600, "1 h")];
@@ -254,8 +254,16 @@ fn line(out: &mut String, label: &str, closed: Option<f64>, e: Option<Estimate>)
     let closed_text = closed.map_or("-".to_string(), |x| format!("{x:.4}"));
     let _ = writeln!(
         out,
-        "  {label:<48}{closed_text:>11}  {}",
+        "  {label:<50}{closed_text:>11}  {}",
         estimate_cells(e, closed).trim_end()
+    );
+}
+
+fn header(out: &mut String, title: &str) {
+    let _ = writeln!(
+        out,
+        "  {title:<50}{:>11}  {:>12}  95% interval",
+        "closed form", "Monte Carlo"
     );
 }
 
@@ -275,11 +283,7 @@ fn report(a: &Analysis) -> String {
          routing code (PathTable::route, one table per member), seed {}; 95% intervals.\n",
         a.trials, a.seed
     );
-    let _ = writeln!(
-        out,
-        "  {:<48}{:>11}  {:>12}  {:<22}",
-        "per path", "closed form", "Monte Carlo", "95% interval"
-    );
+    header(&mut out, "per path");
     let p = &a.paths;
     line(
         &mut out,
@@ -359,14 +363,7 @@ fn report(a: &Analysis) -> String {
         m.initiator_observed(),
         m.other_observed()
     );
-    let _ = writeln!(
-        out,
-        "  {:<48}{:>11}  {:>12}  {:<22}",
-        format!("over R = {r} re-formations"),
-        "closed form",
-        "Monte Carlo",
-        "95% interval"
-    );
+    header(&mut out, &format!("over R = {r} re-formations"));
     let p_i = m.initiator_observed();
     line(
         &mut out,
@@ -382,19 +379,19 @@ fn report(a: &Analysis) -> String {
     );
     line(
         &mut out,
-        "times the most-observed other member is (mean)",
+        "times the top other member is observed (mean)",
         None,
         at.top_other_count,
     );
     line(
         &mut out,
-        "P(most-observed other member seen more than once)",
+        "P(top other member observed more than once)",
         None,
         at.top_other_more_than_once,
     );
     line(
         &mut out,
-        "P(initiator strictly the most observed)",
+        "P(initiator stands out: strictly most observed)",
         None,
         at.initiator_stands_out,
     );
@@ -730,7 +727,7 @@ fn svg(a: &Analysis) -> String {
     let m = &a.model;
     let (n, c, pf) = (m.members(), m.collaborators(), m.forward_probability());
     let mut out = String::new();
-    let height = 2.0 * PLOT_HEIGHT + 40.0;
+    let height = 2.0 * PLOT_HEIGHT - 20.0;
     let _ = writeln!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height}" viewBox="0 0 {SVG_WIDTH} {height}" font-family="sans-serif">"#

@@ -214,6 +214,11 @@ struct JondoArgs {
     #[arg(long, env = "CROWDS_KEEP_COOKIES")]
     #[serde(default)]
     keep_cookies: bool,
+    /// Do not ask exits for page bundles: turns off the timing defence (the exit
+    /// fetching a page's embedded objects and sending them with the page).
+    #[arg(long, env = "CROWDS_NO_PREFETCH")]
+    #[serde(default)]
+    no_prefetch: bool,
     /// Destination ports this jondo's exit allows: a list like 80,443 or `any`
     /// [default: 80,443,8000,8008,8080,8443,8888; any with --allow-private-destinations].
     #[arg(long, env = "CROWDS_EXIT_PORTS", value_parser = crowds_proto::policy::PortPolicy::parse)]
@@ -459,6 +464,7 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             .or(file.server_timeout)
             .unwrap_or(Duration::from_secs(60)),
         keep_cookies: flags.keep_cookies || file.keep_cookies,
+        no_prefetch: flags.no_prefetch || file.no_prefetch,
         exit_ports: flags.exit_ports.or(file.exit_ports),
     };
     for (name, addr) in [
