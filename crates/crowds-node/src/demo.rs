@@ -105,6 +105,7 @@ pub async fn start(
             server_timeout: Duration::from_secs(60),
             keep_cookies: false,
             no_prefetch: false,
+            strip_active_content: false,
             exit_ports: None,
         };
         jondos.push(jondo::start(jc, shutdown.clone()).await?);

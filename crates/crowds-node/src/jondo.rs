@@ -85,6 +85,8 @@ pub struct JondoConfig {
     pub keep_cookies: bool,
     /// Do not ask exits for page bundles (turns the timing defence off for this user).
     pub no_prefetch: bool,
+    /// Remove scripts and plug-ins from plain-HTTP pages.
+    pub strip_active_content: bool,
     /// Destination ports this exit allows (`None`: the default list, or any port
     /// with `allow_private_destinations`).
     pub exit_ports: Option<PortPolicy>,
@@ -120,6 +122,7 @@ impl JondoConfig {
             server_timeout: Duration::from_secs(60),
             keep_cookies: false,
             no_prefetch: false,
+            strip_active_content: false,
             exit_ports: None,
         }
     }
@@ -211,6 +214,8 @@ pub struct Node {
     pub hygiene: Hygiene,
     /// Ask exits for page bundles (the timing defence).
     pub prefetch: bool,
+    /// Remove scripts and plug-ins from plain-HTTP pages.
+    pub strip_active_content: bool,
     /// Objects received in page bundles, waiting for the browser's requests.
     pub objects: Arc<crate::prefetch::ObjectCache>,
 }
@@ -634,6 +639,7 @@ pub async fn start(
             strip_cookies: !config.keep_cookies,
         },
         prefetch: !config.no_prefetch,
+        strip_active_content: config.strip_active_content,
         objects: Arc::default(),
     });
 

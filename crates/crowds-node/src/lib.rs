@@ -11,6 +11,7 @@
 //! - [`link`]: TLS 1.3 + HTTP/2 connections between jondos; [`tls`] pins raw keys.
 //! - [`proxy`]: the local HTTP proxy; [`socks`]: the local SOCKS5 proxy.
 //! - [`tunnel`]: splicing CONNECT tunnels hop by hop.
+//! - [`active`]: optional removal of scripts and plug-ins from plain-HTTP pages.
 //! - [`prefetch`]: the timing defence (page bundles at the exit, object cache at the initiator).
 //! - [`exit`]: submitting requests to servers (DNS at the exit, address policy).
 //! - [`control`]: the jondo's status port; [`metrics`]: Prometheus text format.
@@ -24,6 +25,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(clippy::await_holding_lock)]
 
+pub mod active;
 pub mod blender;
 pub mod blender_client;
 pub mod body;

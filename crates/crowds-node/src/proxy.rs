@@ -95,6 +95,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     }
     let objects = node.objects.clone();
     let hygiene = node.hygiene;
+    let strip_active = node.strip_active_content;
     let counter = node.clone();
     let mut resp = prefetch::unbundle(node.initiate(req).await, objects);
     if let Some(kind) = relay::error_kind(resp.headers()) {
@@ -107,6 +108,9 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         return page(status, title, kind.explain());
     }
     headers::sanitize_response(resp.headers_mut(), hygiene);
+    if strip_active && !is_connect {
+        resp = crate::active::strip(resp);
+    }
     if is_connect && resp.status().is_success() {
         // Answer the client with a bare 200: it now talks to the server through the tunnel.
         let mut ok = Response::new(body::empty());

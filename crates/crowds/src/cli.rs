@@ -219,6 +219,11 @@ struct JondoArgs {
     #[arg(long, env = "CROWDS_NO_PREFETCH")]
     #[serde(default)]
     no_prefetch: bool,
+    /// Remove scripts, plug-ins, event handlers and javascript: links from plain-HTTP
+    /// pages, and forbid scripts with a Content-Security-Policy.
+    #[arg(long, env = "CROWDS_STRIP_ACTIVE_CONTENT")]
+    #[serde(default)]
+    strip_active_content: bool,
     /// Destination ports this jondo's exit allows: a list like 80,443 or `any`
     /// [default: 80,443,8000,8008,8080,8443,8888; any with --allow-private-destinations].
     #[arg(long, env = "CROWDS_EXIT_PORTS", value_parser = crowds_proto::policy::PortPolicy::parse)]
@@ -465,6 +470,7 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             .unwrap_or(Duration::from_secs(60)),
         keep_cookies: flags.keep_cookies || file.keep_cookies,
         no_prefetch: flags.no_prefetch || file.no_prefetch,
+        strip_active_content: flags.strip_active_content || file.strip_active_content,
         exit_ports: flags.exit_ports.or(file.exit_ports),
     };
     for (name, addr) in [
