@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 pub const CSP: &str = "script-src 'none'; object-src 'none'; worker-src 'none'";
 
 type Output = Arc<Mutex<Vec<u8>>>;
-type Rewriter = lol_html::send::HtmlRewriter<'static, Box<dyn FnMut(&[u8]) + Send>>;
+type Sink = Box<dyn FnMut(&[u8]) + Send>;
+type Rewriter = lol_html::send::HtmlRewriter<'static, Sink>;
 
 fn rewriter(out: Output) -> Rewriter {
     let remove = lol_html::element!(
@@ -53,7 +54,7 @@ fn rewriter(out: Output) -> Rewriter {
         }
         Ok(())
     });
-    let sink: Box<dyn FnMut(&[u8]) + Send> = Box::new(move |chunk: &[u8]| {
+    let sink: Sink = Box::new(move |chunk: &[u8]| {
         out.lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend_from_slice(chunk);
