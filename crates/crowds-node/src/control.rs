@@ -297,6 +297,11 @@ fn page(node: &Node) -> String {
 }
 
 fn handle(node: &Node, req: &Request<Incoming>) -> Response<Body> {
+    #[cfg(feature = "measure")]
+    if req.method() == Method::POST && req.uri().path() == "/measure/reform" {
+        node.reform_own_path();
+        return body::text(StatusCode::NO_CONTENT, "");
+    }
     if req.method() != Method::GET {
         return body::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }

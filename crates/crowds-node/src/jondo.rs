@@ -416,6 +416,8 @@ impl Node {
         let forced = bench::forced_hop(pred, &mut req, &crowd);
         #[cfg(not(feature = "bench"))]
         let forced: Option<Hop> = None;
+        #[cfg(feature = "measure")]
+        let formed_before = lock(&self.paths).formed();
         let hop = match forced {
             Some(hop) => Ok(hop),
             None => lock(&self.paths).route(
@@ -426,6 +428,10 @@ impl Node {
                 &crowd.forwarders,
             ),
         };
+        #[cfg(feature = "measure")]
+        if lock(&self.paths).formed() > formed_before {
+            measure::on_new_path(pred, &mut req);
+        }
         match hop {
             Err(RouteError::TableFull | RouteError::PredecessorFull) => {
                 body::crowd_error(ErrorKind::Overloaded)
@@ -932,5 +938,51 @@ mod bench {
             successor,
             path: PathId(rng.gen_range(1..=u64::MAX)),
         })
+    }
+}
+
+/// Measurement builds only (cargo feature `measure`, never in the shipped binary): a
+/// jondo started with `CROWDS_MEASURE_COLLABORATOR=FILE` plays a collaborator. When a
+/// new path reaches it and no collaborator saw that path before (they mark requests with
+/// a header among themselves), it appends its predecessor's member id to FILE, one per
+/// line. A harness compares how often that is the initiator with the paper's
+/// 1 - pf(n-c-1)/n. This breaks anonymity on purpose.
+#[cfg(feature = "measure")]
+mod measure {
+    use crowds_proto::path::Predecessor;
+    use http::{HeaderValue, Request};
+    use std::io::Write;
+
+    const SEEN: &str = "crowds-measure-seen";
+
+    pub(super) fn on_new_path<B>(pred: Predecessor, req: &mut Request<B>) {
+        let Ok(file) = std::env::var("CROWDS_MEASURE_COLLABORATOR") else {
+            return;
+        };
+        if req.headers().contains_key(SEEN) {
+            return;
+        }
+        req.headers_mut()
+            .insert(SEEN, HeaderValue::from_static("1"));
+        let line = match pred {
+            Predecessor::Local => "local\n".to_string(),
+            Predecessor::Member(id) => format!("{id}\n"),
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+impl Node {
+    /// Measurement builds only: forget this jondo's own path, so the next request forms
+    /// a new one (a re-formation without a new epoch).
+    #[cfg(feature = "measure")]
+    pub fn reform_own_path(&self) {
+        lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
     }
 }
