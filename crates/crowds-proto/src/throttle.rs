@@ -2,8 +2,8 @@
 //!
 //! Owns two rules, both driven by a passed-in clock (unix milliseconds):
 //! - [`LoginThrottle`]: after [`FREE_FAILURES`] wrong passwords for one key (an account
-//!   name, or a source address), each further attempt must wait twice as long as the
-//!   last, up to [`MAX_LOCKOUT_MS`]; a success clears the key.
+//!   name, or a source address), each further attempt must wait, twice as long as the
+//!   last time, up to [`MAX_LOCKOUT_MS`]; a success clears the key.
 //! - [`RateLimit`]: a token bucket per key (e.g. joins per source address).
 //!
 //! Both are bounded in memory: at most [`MAX_TRACKED`] keys, the stalest evicted first.
@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-/// Wrong passwords allowed before delays start.
+/// Wrong passwords allowed before delays start (the last of them starts the first delay).
 pub const FREE_FAILURES: u32 = 5;
 /// The first delay after the free failures.
 pub const FIRST_LOCKOUT_MS: u64 = 1_000;
@@ -67,10 +67,10 @@ impl<K: Hash + Eq + Clone> LoginThrottle<K> {
         });
         f.count = f.count.saturating_add(1);
         f.last = now;
-        let delay = if f.count <= FREE_FAILURES {
+        let delay = if f.count < FREE_FAILURES {
             0
         } else {
-            let doublings = (f.count - FREE_FAILURES - 1).min(20);
+            let doublings = (f.count - FREE_FAILURES).min(20);
             (FIRST_LOCKOUT_MS << doublings).min(MAX_LOCKOUT_MS)
         };
         f.locked_until = now + delay;
@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn guessing_is_slowed_exponentially_and_success_clears() {
         let mut t = LoginThrottle::new();
-        for i in 0..FREE_FAILURES {
+        for i in 0..FREE_FAILURES - 1 {
             assert_eq!(t.check(&"alice", i as u64), Ok(()));
             assert_eq!(t.record_failure("alice", i as u64), 0);
         }

@@ -1,0 +1,206 @@
+//! Abuse cases (hardening): slow and half-open clients, a member flooding path set-ups,
+//! and password guessing at the blender. Every case checks that the attacker is limited
+//! and that honest users are still served.
+
+mod common;
+
+use common::*;
+use crowds_node::blender_client::BlenderClient;
+use crowds_node::NodeError;
+use crowds_proto::identity::PublicKey;
+use crowds_proto::relay::{ERROR_HEADER, PATH_HEADER};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// 1000 clients that send half a request head and stall must not stop a normal request
+/// from being served promptly, on the HTTP proxy and on the SOCKS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_half_open_clients_do_not_starve_others() {
+    let crowd = Crowd::start(2).await;
+    let origin = Origin::start().await;
+    let victim = &crowd.jondos[0];
+    let mut stalled = Vec::new();
+    for i in 0..1000 {
+        let target = if i % 2 == 0 {
+            victim.proxy
+        } else {
+            victim.socks
+        };
+        let mut s = tokio::net::TcpStream::connect(target)
+            .await
+            .expect("open a slow connection");
+        // Half a request head (or half a SOCKS greeting), then nothing.
+        let partial: &[u8] = if i % 2 == 0 {
+            b"GET http://x/ HTTP/1.1\r\nHo"
+        } else {
+            b"\x05"
+        };
+        s.write_all(partial).await.expect("write partial");
+        stalled.push(s);
+    }
+    let started = Instant::now();
+    let mut client = HttpClient::connect(victim.proxy).await.expect("connect");
+    let url = format!("http://{}/whoami", origin.addr);
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(15), client.get(&url, &[]))
+        .await
+        .expect("a normal request is served while 1000 clients stall")
+        .expect("request");
+    assert_eq!(status, 200, "{body:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // And the jondo is still healthy afterwards.
+    let status = victim.status().await.expect("status");
+    assert_eq!(status["admitted"], true);
+    drop(stalled);
+}
+
+/// A member that opens thousands of paths through another jondo gets refused beyond
+/// the per-predecessor limit, while other users keep being served through that jondo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
+    let crowd = Crowd::start(3).await;
+    let origin = Origin::start().await;
+    let flooder = &crowd.jondos[1];
+    let victim = &crowd.jondos[0];
+    // The flooder's own key lets it pass the victim's TLS check, as any member could.
+    let key = flooder.identity();
+    let victim_key: PublicKey = victim.identity().public();
+    let config = crowds_node::tls::client_config(&key, victim_key).expect("tls config");
+    let tcp = tokio::net::TcpStream::connect(victim.peer)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(crowds_node::tls::server_name(), tcp)
+        .await
+        .expect("a member's handshake succeeds");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2");
+    tokio::spawn(conn);
+    // Cheap requests: the blender's address is refused by every exit's policy, so no
+    // origin is involved; each new path id still costs the victim a table entry.
+    let target = format!("http://{}/", crowd.blender_addr);
+    let total = crowds_proto::path::MAX_PATHS_PER_PREDECESSOR + 300;
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let mut sender = sender.clone();
+        let target = target.clone();
+        let permit = sem.clone().acquire_owned().await.expect("permit");
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let req = hyper::Request::get(target)
+                .header(PATH_HEADER, format!("{:016x}", 0x1000_0000 + i as u64))
+                .body(empty_body())
+                .expect("request");
+            sender.ready().await.ok()?;
+            let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
+                .await
+                .ok()?
+                .ok()?;
+            Some(
+                resp.headers()
+                    .get(ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        }));
+    }
+    let mut overloaded = 0;
+    let mut answered = 0;
+    for t in tasks {
+        if let Some(kind) = t.await.expect("task") {
+            answered += 1;
+            if kind == "overloaded" {
+                overloaded += 1;
+            }
+        }
+    }
+    assert!(
+        answered >= total - 10,
+        "only {answered} of {total} answered"
+    );
+    assert!(
+        overloaded >= 250,
+        "the per-predecessor limit refused only {overloaded} of the {total} path set-ups"
+    );
+    // Honest users are still served, through the victim and by the victim.
+    for j in [&crowd.jondos[0], &crowd.jondos[2]] {
+        let mut client = HttpClient::connect(j.proxy).await.expect("connect");
+        let (status, _, body) = client
+            .get(&format!("http://{}/whoami", origin.addr), &[])
+            .await
+            .expect("request");
+        assert_eq!(status, 200, "{body:?}");
+    }
+}
+
+/// Password guessing at the blender is slowed (per account and per source address)
+/// and logged without the password or the account name; the right password still works
+/// once the delay has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_slowed_and_logged_without_secrets() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let blender_dir = dir.path().join("blender");
+    let logs = dir.path().join("logs");
+    let secret = "the correct horse battery";
+    account_add(&blender_dir, "victim-account", secret);
+    let (blender, addr, pub_path) = start_blender(&blender_dir, &logs, &[]).await;
+    let blender_key = crowds_node::files::read_public_key(&pub_path).expect("key");
+    let me = crowds_proto::identity::SecretKey::generate().expect("key");
+    let client = BlenderClient::new(addr.to_string(), &me, blender_key).expect("client");
+    let peer: SocketAddr = "127.0.0.77:9".parse().expect("addr");
+    let guesses = [
+        "guess-one",
+        "guess-two",
+        "guess-three",
+        "guess-four",
+        "guess-five",
+    ];
+    for g in guesses {
+        match client.join("victim-account", g, peer).await {
+            Err(NodeError::LoginRefused) => {}
+            other => panic!("a wrong password must be refused, got {other:?}"),
+        }
+    }
+    // The sixth guess, even with the right password, must wait.
+    let wait = match client.join("victim-account", secret, peer).await {
+        Err(NodeError::JoinTooSoon(d)) => d,
+        other => panic!("guessing must be slowed after 5 failures, got {other:?}"),
+    };
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_secs(2),
+        "{wait:?}"
+    );
+    // After the delay the right password works (and resets the count).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.join("victim-account", secret, peer).await {
+            Ok(joined) => {
+                assert_eq!(joined.status, "pending");
+                break;
+            }
+            Err(NodeError::JoinTooSoon(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await;
+            }
+            other => panic!("the right password must work after the delay: {other:?}"),
+        }
+    }
+    let log = blender.stderr();
+    assert!(
+        log.contains("refused a login"),
+        "refusals are logged:\n{log}"
+    );
+    for g in guesses.iter().chain([&secret]) {
+        assert!(!log.contains(g), "the blender logged a password");
+    }
+    assert!(
+        !log.contains("victim-account"),
+        "the blender logged the account name"
+    );
+}
