@@ -74,16 +74,7 @@ fn rewriter(out: Output) -> Rewriter {
 
 /// Rewrites an HTML page response without active content; others pass unchanged.
 pub fn strip(resp: Response<Body>) -> Response<Body> {
-    let html = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/html"));
-    let encoded = resp
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity");
-    if !html || encoded || resp.status() == StatusCode::NOT_MODIFIED {
+    if !crate::body::is_plain_html(resp.headers()) || resp.status() == StatusCode::NOT_MODIFIED {
         return resp;
     }
     let (mut parts, mut page) = resp.into_parts();

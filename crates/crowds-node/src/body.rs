@@ -45,6 +45,19 @@ where
     Ok(Limited::new(body, limit).collect().await?.to_bytes())
 }
 
+/// Whether a response is an HTML page whose bytes can be parsed as they are (not
+/// compressed): the pages the timing defence and active-content removal work on.
+pub fn is_plain_html(headers: &http::HeaderMap) -> bool {
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/html"));
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    html && !encoded
+}
+
 /// A plain-text response.
 pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut resp = Response::new(full(message.into()));

@@ -182,15 +182,7 @@ pub struct Stats {
 }
 
 /// The crowd error kinds, in the order of [`Stats::errors`].
-pub const ERROR_KINDS: [ErrorKind; 7] = [
-    ErrorKind::PathBroken,
-    ErrorKind::ExitPolicy,
-    ErrorKind::OriginUnreachable,
-    ErrorKind::BadRequest,
-    ErrorKind::NotAdmitted,
-    ErrorKind::Overloaded,
-    ErrorKind::Timeout,
-];
+pub const ERROR_KINDS: [ErrorKind; 7] = ErrorKind::ALL;
 
 /// The shared state of a running jondo.
 pub struct Node {

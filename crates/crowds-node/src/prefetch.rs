@@ -202,19 +202,10 @@ pub fn bundle(
     config: ExitConfig,
     crowd: Arc<Crowd>,
 ) -> Response<Body> {
-    let html = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/html"));
-    let encoded = resp
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity");
     let Ok(base) = url::Url::parse(&page_url.to_string()) else {
         return resp;
     };
-    if resp.status() != StatusCode::OK || !html || encoded {
+    if resp.status() != StatusCode::OK || !body::is_plain_html(resp.headers()) {
         return resp;
     }
     let (mut parts, page) = resp.into_parts();

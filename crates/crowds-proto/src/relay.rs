@@ -39,6 +39,17 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in a fixed order (for counters indexed by kind).
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::PathBroken,
+        ErrorKind::ExitPolicy,
+        ErrorKind::OriginUnreachable,
+        ErrorKind::BadRequest,
+        ErrorKind::NotAdmitted,
+        ErrorKind::Overloaded,
+        ErrorKind::Timeout,
+    ];
+
     /// The token carried in [`ERROR_HEADER`].
     pub fn as_str(self) -> &'static str {
         match self {
@@ -274,15 +285,7 @@ mod tests {
 
     #[test]
     fn error_kinds_round_trip() {
-        for k in [
-            ErrorKind::PathBroken,
-            ErrorKind::ExitPolicy,
-            ErrorKind::OriginUnreachable,
-            ErrorKind::BadRequest,
-            ErrorKind::NotAdmitted,
-            ErrorKind::Overloaded,
-            ErrorKind::Timeout,
-        ] {
+        for k in ErrorKind::ALL {
             assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
             assert!(k.status() >= 400);
         }
