@@ -23,26 +23,34 @@ pub const MAX_REFORMATIONS: u64 = 10_000;
 
 /// Most jondo hops `--trials` paths may walk in all (`trials * expected length`), so a pf
 /// close to 1 cannot turn a run into hours.
-pub const MAX_HOPS: f64 = 2e8;
+pub const MAX_HOPS: f64 = 5e7;
+
+/// Path length the budgets below are stated in (pf = 3/4). Longer paths (higher pf) get
+/// proportionally fewer of them, so a run's time depends on `--trials`, not on pf.
+const BUDGET_PATH_LENGTH: f64 = 5.0;
 
 /// Campaigns of the attack at `--reformations`: `trials / R`, within these bounds.
-const ATTACK_CAMPAIGNS: (u64, u64) = (100, 10_000);
+const ATTACK_CAMPAIGNS: (u64, u64) = (20, 10_000);
 
-/// Campaigns run side by side for the stand-out curve: `trials / 100`, within these.
+/// The stand-out curve may use this many times `--trials` paths; it stops earlier once
+/// the initiator stands out in [`CURVE_STOP`] of the campaigns.
+const CURVE_BUDGET: u64 = 6;
+
+/// Campaigns of the curve: its budget / this (so it reaches at least this many
+/// re-formations), within [`CURVE_CAMPAIGNS`].
+const CURVE_REACH: u64 = 400;
+
+/// Bounds on the curve's campaigns.
 const CURVE_CAMPAIGNS: (u64, u64) = (100, 10_000);
-
-/// The curve may use this many times `--trials` paths; it stops earlier once the
-/// initiator stands out in [`CURVE_STOP`] of the campaigns.
-const CURVE_BUDGET: u64 = 8;
 
 /// The curve stops once this fraction of campaigns has the initiator standing out.
 const CURVE_STOP: f64 = 0.95;
 
-/// Each join-rate row not covered by the curve may use this many times `--trials` paths.
-const ROW_BUDGET: u64 = 2;
+/// Each join-rate row the curve does not reach may use this many times `--trials` paths.
+const ROW_BUDGET: u64 = 4;
 
-/// Fewest campaigns behind a join-rate row.
-const ROW_MIN_CAMPAIGNS: u64 = 10;
+/// Campaigns behind a join-rate row: fewer than the minimum and the row is not simulated.
+const ROW_CAMPAIGNS: (u64, u64) = (5, 1000);
 
 /// The join intervals of the join-rate table, in seconds, with their labels.
 const JOIN_INTERVALS: [(u64, &str); 3] = [(30, "30 s"), (300, "5 min"), (3600, "1 h")];
@@ -100,7 +108,20 @@ struct JoinRow {
     interval_seconds: u64,
     per_day: u64,
     reformations: u64,
-    stands_out: Option<Estimate>,
+    stands_out: RowResult,
+}
+
+/// What the join-rate table says about one interval.
+enum RowResult {
+    /// No collaborators: nobody is ever observed.
+    NobodyObserved,
+    /// The budget did not cover enough campaigns of this many re-formations.
+    NotSimulated {
+        /// The `--trials` that would.
+        trials_needed: u64,
+    },
+    /// Monte Carlo estimate of P(the initiator stands out).
+    Estimated(Estimate),
 }
 
 /// Runs `crowds analyze`.
@@ -181,15 +202,20 @@ fn analyse(model: CrowdModel, seed: u64, trials: u64, reformations: u64) -> Resu
     let mut crowd = SimulatedCrowd::new(model);
     let paths = analysis::simulate_paths(&mut rng, &mut crowd, trials)?;
 
-    let campaigns = (trials / reformations).clamp(ATTACK_CAMPAIGNS.0, ATTACK_CAMPAIGNS.1);
+    // Budgets in paths of BUDGET_PATH_LENGTH jondos: fewer paths when they are longer.
+    let scale = (BUDGET_PATH_LENGTH / model.expected_path_length()).min(1.0);
+    let budget = |factor: u64| ((factor * trials) as f64 * scale) as u64;
+
+    let campaigns = (budget(1) / reformations).clamp(ATTACK_CAMPAIGNS.0, ATTACK_CAMPAIGNS.1);
     let attack = analysis::predecessor_attack(&mut rng, &mut crowd, reformations, campaigns)?;
 
-    let curve_campaigns = (trials / 100).clamp(CURVE_CAMPAIGNS.0, CURVE_CAMPAIGNS.1);
+    let curve_campaigns =
+        (budget(CURVE_BUDGET) / CURVE_REACH).clamp(CURVE_CAMPAIGNS.0, CURVE_CAMPAIGNS.1);
     let curve_max = if model.collaborators() == 0 {
         // Nobody can be observed: a short curve shows it.
         10
     } else {
-        (CURVE_BUDGET * trials / curve_campaigns).clamp(10, 100_000)
+        (budget(CURVE_BUDGET) / curve_campaigns).clamp(10, 100_000)
     };
     let curve = analysis::stand_out_curve(
         &mut rng,
@@ -203,13 +229,25 @@ fn analyse(model: CrowdModel, seed: u64, trials: u64, reformations: u64) -> Resu
     let mut rows = Vec::new();
     for (interval_seconds, label) in JOIN_INTERVALS {
         let r = PERIOD_SECONDS / interval_seconds;
+        let campaigns = (budget(ROW_BUDGET) / r).min(ROW_CAMPAIGNS.1);
         let stands_out = if model.collaborators() == 0 {
-            None
+            RowResult::NobodyObserved
         } else if let Some(e) = curve.at(r) {
-            Some(e)
+            RowResult::Estimated(e)
+        } else if campaigns < ROW_CAMPAIGNS.0 {
+            let paths = (ROW_CAMPAIGNS.0 * r) as f64 / scale / ROW_BUDGET as f64;
+            RowResult::NotSimulated {
+                trials_needed: paths.ceil() as u64,
+            }
         } else {
-            let campaigns = (ROW_BUDGET * trials / r).clamp(ROW_MIN_CAMPAIGNS, curve_campaigns);
-            analysis::predecessor_attack(&mut rng, &mut crowd, r, campaigns)?.initiator_stands_out
+            match analysis::predecessor_attack(&mut rng, &mut crowd, r, campaigns)?
+                .initiator_stands_out
+            {
+                Some(e) => RowResult::Estimated(e),
+                None => RowResult::NotSimulated {
+                    trials_needed: MAX_TRIALS,
+                },
+            }
         };
         rows.push(JoinRow {
             label,
@@ -445,8 +483,11 @@ fn report(a: &Analysis) -> String {
     );
     for row in &a.rows {
         let p = match row.stands_out {
-            None => "0 (nobody is observed)".to_string(),
-            Some(e) => format!(
+            RowResult::NobodyObserved => "0 (nobody is observed)".to_string(),
+            RowResult::NotSimulated { trials_needed } => {
+                format!("not simulated (needs --trials {trials_needed} or more)")
+            }
+            RowResult::Estimated(e) => format!(
                 "{:.3} [{:.3}, {:.3}] ({} campaigns)",
                 e.value, e.low, e.high, e.samples
             ),
@@ -564,9 +605,15 @@ fn to_json(a: &Analysis) -> Value {
             "reformations_per_day": row.per_day,
             "reformations_per_week": row.reformations,
             "initiator_stands_out": match row.stands_out {
-                Some(e) => estimate_json(Some(e), None),
-                // No collaborators: nobody is ever observed, nothing to simulate.
-                None => json!({ "closed_form": 0.0, "estimate": null, "ci95": null, "samples": 0, "agrees": null }),
+                RowResult::Estimated(e) => estimate_json(Some(e), None),
+                RowResult::NobodyObserved => json!({
+                    "closed_form": 0.0, "estimate": null, "ci95": null, "samples": 0,
+                    "agrees": null, "note": "no collaborators: nobody is ever observed",
+                }),
+                RowResult::NotSimulated { trials_needed } => json!({
+                    "closed_form": null, "estimate": null, "ci95": null, "samples": 0,
+                    "agrees": null, "note": format!("not simulated: needs --trials {trials_needed} or more"),
+                }),
             },
         })).collect::<Vec<_>>(),
     })
@@ -665,12 +712,20 @@ impl Frame {
     }
 }
 
-/// Legend entries: a line sample and its text, stacked from (x, y).
-fn legend(out: &mut String, x: f64, y: f64, entries: &[(String, String)]) {
+/// Legend entries: a line sample and its text, stacked from `y` down, in a box whose right
+/// edge is at `right`.
+fn legend(out: &mut String, right: f64, y: f64, entries: &[(String, String)]) {
     let height = 18.0 * entries.len() as f64 + 8.0;
+    let longest = entries
+        .iter()
+        .map(|(_, t)| t.chars().count())
+        .max()
+        .unwrap_or(0);
+    let width = 50.0 + 6.6 * longest as f64;
+    let x = right - width + 6.0;
     let _ = writeln!(
         out,
-        r##"<rect x="{:.1}" y="{:.1}" width="250" height="{height:.1}" fill="white" fill-opacity="0.9" stroke="#999"/>"##,
+        r##"<rect x="{:.1}" y="{:.1}" width="{width:.1}" height="{height:.1}" fill="white" fill-opacity="0.9" stroke="#999"/>"##,
         x - 6.0,
         y - 14.0
     );
@@ -791,7 +846,14 @@ fn svg(a: &Analysis) -> String {
     }
     let this = r##"stroke="#000" stroke-width="3""##;
     frame.polyline(&mut out, &curve_points(c, pf), this);
-    entries.push((this.to_string(), format!("this crowd: c = {c}, pf = {pf}")));
+    if n <= n_max {
+        entries.push((
+            this.to_string(),
+            format!("this crowd: c = {c}, pf = {pf}; dot: n = {n}"),
+        ));
+    } else {
+        entries.push((this.to_string(), format!("this crowd: c = {c}, pf = {pf}")));
+    }
     if n <= n_max {
         let _ = writeln!(
             out,
@@ -808,7 +870,7 @@ fn svg(a: &Analysis) -> String {
     ));
     legend(
         &mut out,
-        frame.left + frame.width - 250.0,
+        frame.left + frame.width - 10.0,
         frame.top + 20.0,
         &entries,
     );
@@ -872,7 +934,7 @@ fn svg(a: &Analysis) -> String {
     }
     legend(
         &mut out,
-        frame.left + frame.width - 250.0,
+        frame.left + frame.width - 10.0,
         frame.top + frame.height - 18.0 * entries.len() as f64 - 4.0,
         &entries,
     );
