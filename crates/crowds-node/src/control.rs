@@ -80,6 +80,7 @@ pub fn status(node: &Node) -> serde_json::Value {
             "submitted": s.submitted.load(Ordering::Relaxed),
             "path_failures": s.path_failures.load(Ordering::Relaxed),
             "retries": s.retries.load(Ordering::Relaxed),
+            "own_path_reforms": s.own_path_reforms.load(Ordering::Relaxed),
             "served_from_bundles": s.served_from_bundles.load(Ordering::Relaxed),
         },
         "errors": errors,
@@ -122,8 +123,13 @@ pub fn metrics(node: &Node) -> String {
     );
     m.counter(
         "crowds_retries_total",
-        "Requests retried on a re-formed path.",
+        "Requests retried after a broken path.",
         load(&s.retries),
+    );
+    m.counter(
+        "crowds_own_path_reforms_total",
+        "Times this jondo's first link failed and its whole path was re-formed.",
+        load(&s.own_path_reforms),
     );
     m.counter(
         "crowds_paths_formed_total",

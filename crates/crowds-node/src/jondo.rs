@@ -165,8 +165,10 @@ pub struct Stats {
     pub submitted: AtomicU64,
     /// Paths that broke under this jondo.
     pub path_failures: AtomicU64,
-    /// Requests retried on a re-formed path.
+    /// Requests retried after a broken path.
     pub retries: AtomicU64,
+    /// Times this jondo's own first link failed, so its whole path was re-formed.
+    pub own_path_reforms: AtomicU64,
     /// Browser requests answered from page bundles, never sent into the crowd.
     pub served_from_bundles: AtomicU64,
     /// Crowd errors returned to this jondo's user, by kind (index: [`ERROR_KINDS`]).
@@ -301,9 +303,16 @@ impl Node {
 
     /// Starts a request from this jondo's user into the crowd.
     ///
-    /// If the path turns out to be broken before any response byte reached the user,
-    /// the path is re-formed and a request without body (GET, HEAD, OPTIONS, TRACE, and
-    /// CONNECT before its tunnel opens) is retried once on the new path.
+    /// If the path turns out to be broken before any response byte reached the user, a
+    /// request without body (GET, HEAD, OPTIONS, TRACE, and CONNECT before its tunnel
+    /// opens) is retried once.
+    ///
+    /// Paths are repaired where they broke: the jondo that could not reach its
+    /// successor forgets only its own hop and decides it afresh on the retry. The
+    /// initiator re-forms its whole path only when its own first link fails. A
+    /// "path broken" answer from further along therefore never makes the initiator pick
+    /// a new first hop, so a collaborator on the path cannot force re-formations (each
+    /// would give collaborators another sample of the initiator's predecessor).
     pub async fn initiate(self: Arc<Self>, mut req: Request<Body>) -> Response<Body> {
         self.stats.initiated.fetch_add(1, Ordering::Relaxed);
         // The client's end of a tunnel stays here, so the request can be retried.
@@ -311,14 +320,9 @@ impl Node {
         let retry = retry_copy(&req);
         let mut resp = self.clone().relay(Predecessor::Local, req).await;
         if relay::error_kind(resp.headers()) == Some(ErrorKind::PathBroken) {
-            // Our own path failed somewhere: re-form it.
-            lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
             if let Some(again) = retry {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 resp = self.clone().relay(Predecessor::Local, again).await;
-                if relay::error_kind(resp.headers()) == Some(ErrorKind::PathBroken) {
-                    lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
-                }
             }
         }
         if let Some(kind) = relay::error_kind(resp.headers()) {
@@ -476,6 +480,10 @@ impl Node {
                     Err(e) => {
                         tracing::warn!("path broken: {e}");
                         self.stats.path_failures.fetch_add(1, Ordering::Relaxed);
+                        if pred == Predecessor::Local {
+                            self.stats.own_path_reforms.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Only this hop is forgotten: it is decided afresh next time.
                         lock(&self.paths).forget(pred, in_path);
                         self.links.forget(successor);
                         body::crowd_error(ErrorKind::PathBroken)
