@@ -47,6 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most concurrent peer connections.
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
+/// How long a request waits for a fresher crowd document around a new epoch.
+pub const EPOCH_SKEW_WAIT: Duration = Duration::from_secs(3);
 
 /// Settings of a jondo.
 #[derive(Debug, Clone)]
@@ -199,6 +201,8 @@ pub struct Node {
     blender_ok: AtomicBool,
     started_at: u64,
     refresh: Notify,
+    /// Bumped each time a document is adopted.
+    adopted: tokio::sync::watch::Sender<u64>,
     in_flight: Arc<AtomicUsize>,
     /// When this jondo was (continuously) admitted to the crowd, unix ms; 0 if not.
     admitted_since: AtomicU64,
@@ -298,6 +302,7 @@ impl Node {
             );
         }
         *self.crowd.write().unwrap_or_else(|p| p.into_inner()) = Some(crowd);
+        self.adopted.send_modify(|n| *n += 1);
         Ok(change)
     }
 
@@ -342,6 +347,37 @@ impl Node {
         resp
     }
 
+    /// The crowd, if it lists this jondo (and `pred`) and has not expired. Around a new
+    /// epoch, members fetch the document at slightly different moments: a request from
+    /// a member that already has it may reach us first. Then we fetch at once and wait
+    /// (at most [`EPOCH_SKEW_WAIT`]) instead of refusing.
+    async fn usable_crowd(&self, pred: Predecessor) -> Option<Arc<Crowd>> {
+        let usable = |c: &Arc<Crowd>| {
+            c.self_id.is_some()
+                && now_ms() < c.doc.expires_at
+                && match pred {
+                    Predecessor::Local => true,
+                    Predecessor::Member(id) => c.doc.member(id).is_some(),
+                }
+        };
+        if let Some(c) = self.crowd().filter(usable) {
+            return Some(c);
+        }
+        let mut adopted = self.adopted.subscribe();
+        self.refresh.notify_one();
+        tokio::time::timeout(EPOCH_SKEW_WAIT, async {
+            loop {
+                if let Some(c) = self.crowd().filter(usable) {
+                    return Some(c);
+                }
+                adopted.changed().await.ok()?;
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Number of requests and tunnels in progress through this jondo.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -383,19 +419,19 @@ impl Node {
         mut req: Request<Body>,
         guard: &InFlight,
     ) -> Response<Body> {
-        let Some(crowd) = self
-            .crowd()
-            .filter(|c| c.self_id.is_some() && now_ms() < c.doc.expires_at)
-        else {
-            return body::crowd_error(ErrorKind::NotAdmitted);
+        let Some(crowd) = self.usable_crowd(pred).await else {
+            // A relayed request we cannot place even with a fresh document: answer
+            // "path broken" so our predecessor re-decides its hop and the initiator
+            // retries, rather than failing the user's request.
+            return body::crowd_error(match pred {
+                Predecessor::Local => ErrorKind::NotAdmitted,
+                Predecessor::Member(_) => ErrorKind::PathBroken,
+            });
         };
         let self_id = crowd.self_id.unwrap_or_default();
         let in_path = match pred {
             Predecessor::Local => PathId::LOCAL,
             Predecessor::Member(id) => {
-                if crowd.doc.member(id).is_none() {
-                    return body::crowd_error(ErrorKind::NotAdmitted);
-                }
                 if id != self_id {
                     self.stats.relayed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -598,15 +634,9 @@ pub async fn start(
     let advertise = config.advertise.unwrap_or(peer_addr);
 
     let blender = BlenderClient::new(config.blender.clone(), &identity, config.blender_key)?;
-    let joined = join_with_retry(&blender, &config, advertise, &shutdown).await?;
-    tracing::info!(member = joined.member_id, status = %joined.status, "logged in at the blender");
-    if joined.client_only {
-        tracing::warn!(
-            "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \
-             It can browse, but never relays for others, and its first hop can tell that its requests \
-             start in its network: its anonymity is weaker. Open the peer port (or set --advertise) to fix this."
-        );
-    }
+    // Listeners serve from now on (the proxy answers "not admitted" and the status page
+    // says so until the crowd lists us); if the login fails they are stopped again.
+    let serving = shutdown.child_token();
 
     let crowd: CrowdCell = Arc::new(RwLock::new(None));
     let node = Arc::new(Node {
@@ -638,6 +668,7 @@ pub async fn start(
         blender_ok: AtomicBool::new(true),
         started_at: now_ms(),
         refresh: Notify::new(),
+        adopted: tokio::sync::watch::channel(0).0,
         in_flight: Arc::default(),
         admitted_since: AtomicU64::new(0),
         proxy_addr,
@@ -650,6 +681,8 @@ pub async fn start(
     });
 
     let mut tasks = Vec::new();
+    let shutdown_all = shutdown;
+    let shutdown = serving.clone();
     // Peers: TLS admits only keys listed in the current crowd document.
     let policy_node = Arc::downgrade(&node);
     let policy: tls::KeyPolicy = Arc::new(move |key: &PublicKey| {
@@ -696,6 +729,21 @@ pub async fn start(
             shutdown.clone(),
             move |stream, _| socks::serve(socks_node.clone(), stream),
         ));
+    }
+    let joined = match join_with_retry(&blender, &config, advertise, &shutdown_all).await {
+        Ok(j) => j,
+        Err(e) => {
+            serving.cancel();
+            return Err(e);
+        }
+    };
+    tracing::info!(member = joined.member_id, status = %joined.status, "logged in at the blender");
+    if joined.client_only {
+        tracing::warn!(
+            "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \
+             It can browse, but never relays for others, and its first hop can tell that its requests \
+             start in its network: its anonymity is weaker. Open the peer port (or set --advertise) to fix this."
+        );
     }
     tasks.push(tokio::spawn(poll_documents(
         node.clone(),

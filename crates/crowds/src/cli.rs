@@ -490,7 +490,12 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
 async fn run_jondo(args: JondoArgs) -> Result<()> {
     let config = merge(args)?;
     let shutdown = shutdown_on_signal();
-    let running = jondo::start(config, shutdown.clone()).await?;
+    let running = match jondo::start(config, shutdown.clone()).await {
+        Ok(r) => r,
+        // Stopped while waiting for the blender: a clean exit, not a failure.
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     eprintln!(
         "jondo member {}: HTTP proxy on {}, status on http://{}/status.json, peers on {}",
         running.member_id, running.proxy_addr, running.control_addr, running.peer_addr
