@@ -95,7 +95,14 @@ pub fn choose_hop<R: Rng + ?Sized>(
     forward_probability: f64,
     forwarders: &[MemberId],
 ) -> Result<Option<MemberId>, RouteError> {
-    if !initiator && !rng.gen_bool(forward_probability.clamp(0.0, 1.0)) {
+    // A pf that is not a number never forwards (documents cannot carry one; callers
+    // of this public function might).
+    let pf = if forward_probability.is_nan() {
+        0.0
+    } else {
+        forward_probability.clamp(0.0, 1.0)
+    };
+    if !initiator && !rng.gen_bool(pf) {
         return Ok(None);
     }
     if forwarders.is_empty() {
