@@ -30,7 +30,9 @@ fn relay_submits_at_pf_zero_and_forwards_almost_always_near_one() {
 fn a_nan_pf_submits_instead_of_panicking() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     assert_eq!(choose_hop(&mut rng, false, f64::NAN, &[1, 2]), Ok(None));
-    assert!(choose_hop(&mut rng, true, f64::NAN, &[1, 2]).expect("hop").is_some());
+    assert!(choose_hop(&mut rng, true, f64::NAN, &[1, 2])
+        .expect("hop")
+        .is_some());
 }
 
 #[test]
