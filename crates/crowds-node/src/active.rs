@@ -11,66 +11,14 @@
 
 use crate::body::{Body, BoxError};
 use bytes::Bytes;
+use crowds_proto::html::ActiveFilter;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// The policy added to rewritten pages.
 pub const CSP: &str = "script-src 'none'; object-src 'none'; worker-src 'none'";
-
-type Output = Arc<Mutex<Vec<u8>>>;
-type Sink = Box<dyn FnMut(&[u8]) + Send>;
-type Rewriter = lol_html::send::HtmlRewriter<'static, Sink>;
-
-fn rewriter(out: Output) -> Rewriter {
-    let remove = lol_html::element!(
-        "script, object, embed, applet",
-        |el: &mut lol_html::send::Element<'_, '_>| {
-            el.remove();
-            Ok(())
-        }
-    );
-    let noscript = lol_html::element!("noscript", |el: &mut lol_html::send::Element<'_, '_>| {
-        el.remove_and_keep_content();
-        Ok(())
-    });
-    let attributes = lol_html::element!("*", |el: &mut lol_html::send::Element<'_, '_>| {
-        let doomed: Vec<String> = el
-            .attributes()
-            .iter()
-            .filter(|a| {
-                let name = a.name();
-                let value = a.value().trim_start().to_ascii_lowercase();
-                name.starts_with("on")
-                    || value.starts_with("javascript:")
-                    || value.starts_with("vbscript:")
-            })
-            .map(|a| a.name())
-            .collect();
-        for name in doomed {
-            el.remove_attribute(&name);
-        }
-        Ok(())
-    });
-    let sink: Sink = Box::new(move |chunk: &[u8]| {
-        out.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(chunk);
-    });
-    lol_html::send::HtmlRewriter::new(
-        lol_html::send::Settings {
-            element_content_handlers: vec![remove, noscript, attributes],
-            memory_settings: lol_html::MemorySettings {
-                max_allowed_memory_usage: 4 * 1024 * 1024,
-                ..lol_html::MemorySettings::new()
-            },
-            ..lol_html::send::Settings::new_send()
-        },
-        sink,
-    )
-}
 
 /// Rewrites an HTML page response without active content; others pass unchanged.
 pub fn strip(resp: Response<Body>) -> Response<Body> {
@@ -85,46 +33,43 @@ pub fn strip(resp: Response<Body>) -> Response<Body> {
     );
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
     tokio::spawn(async move {
-        let out: Output = Arc::default();
-        let mut rw = Some(rewriter(out.clone()));
-        let take = |out: &Output| {
-            Bytes::from(std::mem::take(
-                &mut *out.lock().unwrap_or_else(|p| p.into_inner()),
-            ))
-        };
+        let mut filter = ActiveFilter::new();
         loop {
-            match page.frame().await {
+            let filtered = match page.frame().await {
                 Some(Ok(frame)) => {
                     let Ok(bytes) = frame.into_data() else {
                         continue;
                     };
-                    let written = rw.as_mut().map(|r| r.write(&bytes));
-                    if !matches!(written, Some(Ok(()))) {
-                        // A page we cannot rewrite safely is not delivered half-filtered.
-                        let _ = tx.send(Err("the page could not be filtered".into())).await;
-                        return;
-                    }
-                    let chunk = take(&out);
-                    if !chunk.is_empty() && tx.send(Ok(Frame::data(chunk))).await.is_err() {
-                        return;
-                    }
+                    filter.write(&bytes)
                 }
                 Some(Err(e)) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
                 None => break,
+            };
+            match filtered {
+                Ok(chunk) if chunk.is_empty() => {}
+                Ok(chunk) => {
+                    if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // A page we cannot rewrite safely is not delivered half-filtered.
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
             }
         }
-        if let Some(r) = rw.take() {
-            if r.end().is_err() {
-                let _ = tx.send(Err("the page could not be filtered".into())).await;
-                return;
+        match filter.end() {
+            Ok(rest) if !rest.is_empty() => {
+                let _ = tx.send(Ok(Frame::data(Bytes::from(rest)))).await;
             }
-        }
-        let rest = take(&out);
-        if !rest.is_empty() {
-            let _ = tx.send(Ok(Frame::data(rest))).await;
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+            }
         }
     });
     let stream =

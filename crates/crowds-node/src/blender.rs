@@ -27,7 +27,6 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 /// Most concurrent API connections.
 pub const MAX_API_CONNECTIONS: usize = 512;
 /// Largest JSON request body.
-pub const MAX_API_BODY: usize = 16 * 1024;
+pub const MAX_API_BODY: usize = crowds_proto::api::MAX_API_BODY;
 /// Join requests accepted per source address per minute, by default.
 pub const DEFAULT_MAX_JOINS_PER_MINUTE: u32 = 60;
 /// How often the epoch ticker looks at the roster.
@@ -88,29 +87,7 @@ impl BlenderConfig {
     }
 }
 
-/// A join request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JoinRequest {
-    /// Account name.
-    pub account: String,
-    /// Password (sent only inside the pinned TLS channel).
-    pub password: String,
-    /// Where other jondos reach this one.
-    pub peer_addr: SocketAddr,
-}
-
-/// The answer to a join.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JoinResponse {
-    /// The member id (the account's number).
-    pub member_id: MemberId,
-    /// `"member"` or `"pending"`.
-    pub status: String,
-    /// The blender could not connect back to the peer address: this member is listed
-    /// as client-only (it initiates but is never chosen as a forwarder).
-    #[serde(default)]
-    pub client_only: bool,
-}
+pub use crowds_proto::api::{JoinRequest, JoinResponse};
 
 struct Published {
     bytes: Arc<Vec<u8>>,
@@ -426,15 +403,10 @@ async fn join(
     let Ok(bytes) = body::read_limited(req.into_body(), MAX_API_BODY).await else {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     };
-    let Ok(join) = serde_json::from_slice::<JoinRequest>(&bytes) else {
-        return error(StatusCode::BAD_REQUEST, "malformed join request");
+    let join = match crowds_proto::api::parse_join(&bytes) {
+        Ok(join) => join,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    if join.peer_addr.ip().is_unspecified() || join.peer_addr.port() == 0 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "peer_addr must be a reachable address and port",
-        );
-    }
     // Password guessing is slowed per account and per source address.
     {
         let throttle = lock(&state.logins);

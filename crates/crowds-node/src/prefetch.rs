@@ -18,6 +18,7 @@ use crate::exit::{self, ExitConfig};
 use crate::jondo::Crowd;
 use bytes::Bytes;
 use crowds_proto::bundle::{self, Decoder, Frame, BUNDLE_HEADER, PAGE_LENGTH_HEADER};
+use crowds_proto::html::Scanner;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame as BodyFrame;
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 pub use crowds_proto::bundle::PREFETCH_HEADER;
 
 /// Most objects fetched for one page.
-pub const MAX_OBJECTS: usize = 48;
+pub const MAX_OBJECTS: usize = crowds_proto::html::MAX_OBJECTS;
 /// Largest object fetched.
 pub const MAX_OBJECT_BYTES: usize = 4 * 1024 * 1024;
 /// Most bytes of objects fetched for one page.
@@ -65,12 +66,7 @@ pub fn mark_navigation<B>(req: &mut Request<B>) {
 
 /// The URL form used on both sides, so announcements and requests match.
 pub fn normalize(url: &str) -> Option<String> {
-    let u = url::Url::parse(url).ok()?;
-    (u.scheme() == "http" && u.host().is_some()).then(|| {
-        let mut u = u;
-        u.set_fragment(None);
-        u.to_string()
-    })
+    crowds_proto::html::normalize(url)
 }
 
 type FrameResult = Result<BodyFrame<Bytes>, BoxError>;
@@ -88,112 +84,6 @@ fn control(frame: &Frame) -> Option<FrameResult> {
         .map(|b| Ok(BodyFrame::data(Bytes::from(b))))
 }
 
-/// A parser that only reads: its output is discarded.
-type Rewriter = lol_html::send::HtmlRewriter<'static, fn(&[u8])>;
-
-/// Collects embedded object URLs while a page streams through.
-struct Scanner {
-    rewriter: Option<Rewriter>,
-    found: Arc<Mutex<Vec<String>>>,
-    base: url::Url,
-    seen: std::collections::HashSet<String>,
-}
-
-impl Scanner {
-    fn new(base: url::Url) -> Self {
-        let found: Arc<Mutex<Vec<String>>> = Arc::default();
-        let f = found.clone();
-        let handler = lol_html::element!(
-            "img, script[src], link[href], video[poster], input[src], source[srcset]",
-            move |el: &mut lol_html::send::Element<'_, '_>| {
-                let mut urls = Vec::new();
-                match el.tag_name().as_str() {
-                    "link" => {
-                        let rel = el
-                            .get_attribute("rel")
-                            .unwrap_or_default()
-                            .to_ascii_lowercase();
-                        if rel
-                            .split_whitespace()
-                            .any(|r| r == "stylesheet" || r == "icon")
-                        {
-                            urls.extend(el.get_attribute("href"));
-                        }
-                    }
-                    "video" => urls.extend(el.get_attribute("poster")),
-                    _ => urls.extend(el.get_attribute("src")),
-                }
-                if let Some(srcset) = el.get_attribute("srcset") {
-                    urls.extend(
-                        srcset
-                            .split(',')
-                            .filter_map(|c| c.split_whitespace().next().map(str::to_string)),
-                    );
-                }
-                f.lock().unwrap_or_else(|p| p.into_inner()).extend(urls);
-                Ok(())
-            }
-        );
-        let sink: fn(&[u8]) = |_| {};
-        let rewriter = lol_html::send::HtmlRewriter::new(
-            lol_html::send::Settings {
-                element_content_handlers: vec![handler],
-                memory_settings: lol_html::MemorySettings {
-                    max_allowed_memory_usage: 4 * 1024 * 1024,
-                    ..lol_html::MemorySettings::new()
-                },
-                ..lol_html::send::Settings::new_send()
-            },
-            sink,
-        );
-        Self {
-            rewriter: Some(rewriter),
-            found,
-            base,
-            seen: Default::default(),
-        }
-    }
-
-    /// Feeds page bytes; returns newly found object URLs (absolute, normalised, http).
-    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
-        if let Some(r) = self.rewriter.as_mut() {
-            if r.write(bytes).is_err() {
-                // Unparseable page: stop scanning, keep streaming it.
-                self.rewriter = None;
-            }
-        }
-        self.take()
-    }
-
-    fn finish(&mut self) -> Vec<String> {
-        if let Some(r) = self.rewriter.take() {
-            let _ = r.end();
-        }
-        self.take()
-    }
-
-    fn take(&mut self) -> Vec<String> {
-        let raw: Vec<String> =
-            std::mem::take(&mut *self.found.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut out = Vec::new();
-        for r in raw {
-            if self.seen.len() >= MAX_OBJECTS {
-                break;
-            }
-            let Ok(abs) = self.base.join(r.trim()) else {
-                continue;
-            };
-            let Some(n) = normalize(abs.as_str()) else {
-                continue;
-            };
-            if n.len() <= bundle::MAX_URL && self.seen.insert(n.clone()) {
-                out.push(n);
-            }
-        }
-        out
-    }
-}
-
 /// Turns the server's answer to a navigation GET into a page bundle, if it is an HTML
 /// page (200, uncompressed); anything else is returned unchanged.
 pub fn bundle(
@@ -202,7 +92,7 @@ pub fn bundle(
     config: ExitConfig,
     crowd: Arc<Crowd>,
 ) -> Response<Body> {
-    let Ok(base) = url::Url::parse(&page_url.to_string()) else {
+    let Some(scanner) = Scanner::new(&page_url.to_string()) else {
         return resp;
     };
     if resp.status() != StatusCode::OK || !body::is_plain_html(resp.headers()) {
@@ -216,7 +106,7 @@ pub fn bundle(
         .headers
         .insert(BUNDLE_HEADER, HeaderValue::from_static("1"));
     let (tx, rx) = mpsc::channel::<FrameResult>(CHANNEL_FRAMES);
-    tokio::spawn(produce(page, base, tx, config, crowd));
+    tokio::spawn(produce(page, scanner, tx, config, crowd));
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     Response::from_parts(parts, StreamBody::new(stream).boxed_unsync())
@@ -224,12 +114,11 @@ pub fn bundle(
 
 async fn produce(
     mut page: Body,
-    base: url::Url,
+    mut scanner: Scanner,
     tx: mpsc::Sender<FrameResult>,
     config: ExitConfig,
     crowd: Arc<Crowd>,
 ) {
-    let mut scanner = Scanner::new(base);
     let mut announced = Vec::new();
     loop {
         match page.frame().await {
@@ -608,41 +497,6 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scanner_finds_embedded_objects_once() {
-        let base = url::Url::parse("http://site.example/dir/page.html").expect("url");
-        let mut s = Scanner::new(base);
-        let mut found = s.feed(b"<html><head><link rel=stylesheet href=/s.css><link rel=alternate href=/feed>\
-            <link rel=\"shortcut icon\" href=fav.ico><script src=app.js></script></head><body><img src=a.png>");
-        found.extend(s.feed(
-            b"<img srcset=\"b.png 1x, c.png 2x\"><img src=a.png><video poster=p.jpg></video>\
-            <img src=https://other.example/x.png><a href=/not-embedded>x</a></body></html>",
-        ));
-        found.extend(s.finish());
-        assert_eq!(
-            found,
-            [
-                "http://site.example/s.css",
-                "http://site.example/dir/fav.ico",
-                "http://site.example/dir/app.js",
-                "http://site.example/dir/a.png",
-                "http://site.example/dir/b.png",
-                "http://site.example/dir/c.png",
-                "http://site.example/dir/p.jpg",
-            ]
-        );
-    }
-
-    #[test]
-    fn normalisation_matches_browser_forms() {
-        assert_eq!(
-            normalize("http://a.example:80/x#frag"),
-            Some("http://a.example/x".into())
-        );
-        assert_eq!(normalize("https://a.example/x"), None);
-        assert_eq!(normalize("not a url"), None);
-    }
 
     #[tokio::test]
     async fn cache_answers_announced_objects_and_falls_back_on_failure() {

@@ -14,7 +14,9 @@
 //! - [`roster`]: the blender's membership rules: batched joins, heartbeats, epochs.
 //! - [`path`]: path ids, the per-jondo routing table, the forward/submit coin.
 //! - [`relay`]: the form of a relayed request on a link, and the crowd's error kinds.
+//! - [`html`]: pages read as they stream: embedded objects, active-content removal.
 //! - [`headers`]: header hygiene for requests entering the crowd and responses leaving it.
+//! - [`api`]: the blender's API messages.
 //! - [`bundle`]: the page bundle of the timing defence (page plus embedded objects).
 //! - [`anonymity`]: the paper's closed-form guarantees (probable innocence).
 //! - [`analysis`]: those figures beside Monte Carlo over the real path code (`crowds analyze`).
@@ -29,9 +31,11 @@
 
 pub mod analysis;
 pub mod anonymity;
+pub mod api;
 pub mod bundle;
 pub mod document;
 pub mod headers;
+pub mod html;
 pub mod identity;
 pub mod path;
 pub mod policy;

@@ -1,0 +1,99 @@
+//! The blender's API messages (JSON bodies), as types with their limits.
+//!
+//! Owns the shape of what a jondo sends the blender and gets back. Parsing is serde's;
+//! [`parse_join`] adds the size limit and the checks a blender applies before it looks
+//! at the password. Fuzzed, since the blender reads them from anyone who completes a
+//! TLS handshake.
+
+use crate::MemberId;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Largest JSON request body the blender reads.
+pub const MAX_API_BODY: usize = 16 * 1024;
+
+/// A join request. Its `Debug` never shows the password.
+#[derive(Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Account name.
+    pub account: String,
+    /// Password (sent only inside the pinned TLS channel).
+    pub password: String,
+    /// Where other jondos reach this one.
+    pub peer_addr: SocketAddr,
+}
+
+/// The answer to a join.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The member id (the account's number).
+    pub member_id: MemberId,
+    /// `"member"` or `"pending"`.
+    pub status: String,
+    /// The blender could not connect back to the peer address: this member is listed
+    /// as client-only (it initiates but is never chosen as a forwarder).
+    #[serde(default)]
+    pub client_only: bool,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("account", &self.account)
+            .field("password", &"[redacted]")
+            .field("peer_addr", &self.peer_addr)
+            .finish()
+    }
+}
+
+/// Why a join request was refused before any password check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// More than [`MAX_API_BODY`] bytes.
+    #[error("request body too large")]
+    TooLarge,
+    /// Not the JSON we expect.
+    #[error("malformed join request")]
+    Malformed,
+    /// A peer address nobody can connect to.
+    #[error("peer_addr must be a reachable address and port")]
+    BadPeerAddr,
+}
+
+/// Parses and checks a join request body.
+pub fn parse_join(body: &[u8]) -> Result<JoinRequest, ApiError> {
+    if body.len() > MAX_API_BODY {
+        return Err(ApiError::TooLarge);
+    }
+    let join: JoinRequest = serde_json::from_slice(body).map_err(|_| ApiError::Malformed)?;
+    if join.peer_addr.ip().is_unspecified() || join.peer_addr.port() == 0 {
+        return Err(ApiError::BadPeerAddr);
+    }
+    Ok(join)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_requests() {
+        let ok = br#"{"account":"a","password":"p","peer_addr":"127.0.0.2:7000"}"#;
+        assert_eq!(parse_join(ok).expect("ok").account, "a");
+        assert_eq!(parse_join(b"{}").err(), Some(ApiError::Malformed));
+        assert_eq!(
+            parse_join(br#"{"account":"a","password":"p","peer_addr":"0.0.0.0:7000"}"#).err(),
+            Some(ApiError::BadPeerAddr)
+        );
+        assert_eq!(
+            parse_join(&vec![b' '; MAX_API_BODY + 1]).err(),
+            Some(ApiError::TooLarge)
+        );
+        let debug = format!("{:?}", parse_join(ok).expect("ok"));
+        assert!(
+            !debug.contains("\"p\""),
+            "the password shows in Debug: {debug}"
+        );
+    }
+}
