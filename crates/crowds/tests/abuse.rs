@@ -61,8 +61,12 @@ async fn slow_and_half_open_clients_do_not_starve_others() {
 /// the per-predecessor limit, while other users keep being served through that jondo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
-    let crowd = Crowd::start(3).await;
+    let mut crowd = Crowd::start(3).await;
     let origin = Origin::start().await;
+    // The flooder is a member whose key we hold; its own jondo is stopped, so no honest
+    // traffic is relayed by it (a jondo cannot tell a flooder's own requests from those
+    // it relays, so honest paths through a flooder share its limit by design).
+    crowd.jondos[1].proc.kill();
     let flooder = &crowd.jondos[1];
     let victim = &crowd.jondos[0];
     // The flooder's own key lets it pass the victim's TLS check, as any member could.
@@ -84,7 +88,8 @@ async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
     // Cheap requests: the blender's address is refused by every exit's policy, so no
     // origin is involved; each new path id still costs the victim a table entry.
     let target = format!("http://{}/", crowd.blender_addr);
-    let total = crowds_proto::path::MAX_PATHS_PER_PREDECESSOR + 300;
+    // About a third of the set-ups choose the stopped flooder and are forgotten again.
+    let total = crowds_proto::path::MAX_PATHS_PER_PREDECESSOR * 2;
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
@@ -129,14 +134,24 @@ async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
         overloaded >= 250,
         "the per-predecessor limit refused only {overloaded} of the {total} path set-ups"
     );
-    // Honest users are still served, through the victim and by the victim.
+    // Honest users are still served, through the victim and by the victim. A path that
+    // chose the stopped flooder breaks and is repaired, so allow a few attempts.
     for j in [&crowd.jondos[0], &crowd.jondos[2]] {
-        let mut client = HttpClient::connect(j.proxy).await.expect("connect");
-        let (status, _, body) = client
-            .get(&format!("http://{}/whoami", origin.addr), &[])
-            .await
-            .expect("request");
-        assert_eq!(status, 200, "{body:?}");
+        let mut last = String::new();
+        let mut served = false;
+        for _ in 0..6 {
+            let mut client = HttpClient::connect(j.proxy).await.expect("connect");
+            let (status, _, body) = client
+                .get(&format!("http://{}/whoami", origin.addr), &[])
+                .await
+                .expect("request");
+            if status == 200 {
+                served = true;
+                break;
+            }
+            last = format!("{status}: {}", String::from_utf8_lossy(&body));
+        }
+        assert!(served, "an honest user was not served: {last}");
     }
 }
 
