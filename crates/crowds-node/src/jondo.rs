@@ -47,6 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Most concurrent peer connections.
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
+/// How often a bodiless request is retried after its path broke before any byte of
+/// the answer reached the user.
+pub const MAX_RETRIES: usize = 2;
 /// How long a request waits for a fresher crowd document around a new epoch.
 pub const EPOCH_SKEW_WAIT: Duration = Duration::from_secs(3);
 
@@ -310,7 +313,7 @@ impl Node {
     ///
     /// If the path turns out to be broken before any response byte reached the user, a
     /// request without body (GET, HEAD, OPTIONS, TRACE, and CONNECT before its tunnel
-    /// opens) is retried once.
+    /// opens) is retried, at most [`MAX_RETRIES`] times.
     ///
     /// Paths are repaired where they broke: the jondo that could not reach its
     /// successor forgets only its own hop and decides it afresh on the retry. The
@@ -324,11 +327,17 @@ impl Node {
         let client_end = tunnel::take_end(&mut req);
         let retry = retry_copy(&req);
         let mut resp = self.clone().relay(Predecessor::Local, req).await;
-        if relay::error_kind(resp.headers()) == Some(ErrorKind::PathBroken) {
-            if let Some(again) = retry {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                resp = self.clone().relay(Predecessor::Local, again).await;
+        // Each attempt repairs the hop that broke, so a second repair (around a new
+        // epoch two hops may be stale at once) is worth one more try.
+        for _ in 0..MAX_RETRIES {
+            if relay::error_kind(resp.headers()) != Some(ErrorKind::PathBroken) {
+                break;
             }
+            let Some(again) = retry.as_ref().and_then(|r| retry_copy(r)) else {
+                break;
+            };
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            resp = self.clone().relay(Predecessor::Local, again).await;
         }
         if let Some(kind) = relay::error_kind(resp.headers()) {
             if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
