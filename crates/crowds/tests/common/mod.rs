@@ -47,8 +47,20 @@ pub fn jondo_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 11 + u8::try_from(i).expect("small crowd"))
 }
 
-/// A port that was free on `ip` a moment ago (bind port 0, read it, release it).
+/// A port that was free on `ip` a moment ago. It is picked below the kernel's
+/// ephemeral range (32768 and up), which outgoing connections of busy tests use all the
+/// time, so another socket is unlikely to take it before the process under test binds.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 12_000 + (std::process::id() % 1000) as u16 * 20;
+    for _ in 0..20_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+        let port = 12_000 + (start - 12_000 + offset) % 20_000;
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind((ip, 0)).expect("bind a probe listener");
     l.local_addr().expect("probe address").port()
 }
