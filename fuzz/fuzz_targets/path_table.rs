@@ -45,16 +45,13 @@ const PF: [f64; 12] = [
     f64::MIN_POSITIVE,
 ];
 
-/// NaN is only offered when `CROWDS_FUZZ_NAN_PF=1`: `route`/`choose_hop` panic on a NaN
-/// pf (`f64::clamp` keeps NaN, `Rng::gen_bool` unwraps), a known, reported finding that
-/// verified documents cannot reach (fuzz/regressions/path_table-nan-pf reproduces it).
-/// With the variable unset, pf index 12 wraps to 0.0 like any other index.
+/// Index 12 offers NaN: `route`/`choose_hop` once panicked on it (`f64::clamp` keeps
+/// NaN, `Rng::gen_bool` unwraps); they now treat NaN as "submit"
+/// (fuzz/regressions/path_table-nan-pf).
 fn pf(b: u8) -> f64 {
-    static NAN: OnceLock<bool> = OnceLock::new();
-    let nan = *NAN.get_or_init(|| std::env::var_os("CROWDS_FUZZ_NAN_PF").is_some_and(|v| v == "1"));
     match usize::from(b) % (PF.len() + 1) {
-        12 if nan => f64::NAN,
-        i => PF[i % PF.len()],
+        12 => f64::NAN,
+        i => PF[i],
     }
 }
 
