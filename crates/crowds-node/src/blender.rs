@@ -3,26 +3,30 @@
 //! Owns the blender's HTTPS API (TLS 1.3 with its Ed25519 key as a raw public key,
 //! pinned by jondos; every client proves an Ed25519 identity key in the handshake), the
 //! epoch ticker that applies [`crowds_proto::roster`] rules, signing, and persistence of
-//! each epoch in the [`crate::store`]. It never sees member traffic.
+//! each epoch in the [`crate::store`]. Every piece of membership state lives in the store,
+//! so several blenders sharing one PostgreSQL database (and one signing key) serve the
+//! same crowds: each cuts epochs only under the crowd's lock. It never sees member traffic.
 //!
 //! API (all JSON except the document):
 //! - `POST /v1/join` `{"account", "password", "peer_addr"}`: registers the TLS client key
 //!   as the account's member key; admitted at the next epoch.
 //! - `POST /v1/heartbeat`, `POST /v1/leave`: identified by the TLS client key.
-//! - `GET /v1/crowd`: the signed crowd document (`ETag`, `If-None-Match` -> 304).
+//! - `GET /v1/crowd`: the signed document of the caller's crowd (the default crowd for
+//!   a key that has not joined); `GET /v1/crowd/NAME` names the crowd. `ETag` and
+//!   `If-None-Match` make an unchanged document a 304 without a body.
 
 use crate::body::{self, Body};
 use crate::error::NodeError;
 use crate::files::{self, BLENDER_PUB_FILE};
 use crate::net::{self, now_ms};
 use crate::safelog::Sensitive;
-use crate::store::Store;
+use crate::store::{Store, Tick, DEFAULT_CROWD};
 use crate::tls;
+use crowds_proto::document::CrowdDocument;
 use crowds_proto::document::{Member, FLAG_CLIENT_ONLY};
 use crowds_proto::identity::{PublicKey, SecretKey};
-use crowds_proto::roster::{JoinOutcome, Roster, RosterConfig};
+use crowds_proto::roster::{JoinOutcome, RosterConfig};
 use crowds_proto::throttle::{LoginThrottle, RateLimit};
-use crowds_proto::MemberId;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -41,14 +45,20 @@ pub const MAX_API_CONNECTIONS: usize = 512;
 pub const MAX_API_BODY: usize = crowds_proto::api::MAX_API_BODY;
 /// Join requests accepted per source address per minute, by default.
 pub const DEFAULT_MAX_JOINS_PER_MINUTE: u32 = 60;
-/// How often the epoch ticker looks at the roster.
+/// How often the epoch ticker looks at the store.
 const TICK: Duration = Duration::from_millis(100);
+/// How often it looks when the store is PostgreSQL shared with other blenders.
+const TICK_SHARED: Duration = Duration::from_millis(250);
 
 /// Settings of a blender.
 #[derive(Debug, Clone)]
 pub struct BlenderConfig {
-    /// Holds the signing key, `blender.pub` and the database.
+    /// Holds the signing key, `blender.pub` and (without `database`) the SQLite file.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database shared with other blenders. `None`: SQLite in `data_dir`.
+    pub database: Option<crate::store::DatabaseConfig>,
+    /// More crowds served besides the default one: (name, pf).
+    pub extra_crowds: Vec<(String, f64)>,
     /// Where the API listens.
     pub listen: SocketAddr,
     /// The crowd's forward probability.
@@ -74,6 +84,8 @@ impl BlenderConfig {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         Self {
             data_dir,
+            database: None,
+            extra_crowds: Vec::new(),
             listen,
             forward_probability: 0.75,
             join_interval: Duration::from_secs(30),
@@ -92,7 +104,15 @@ pub use crowds_proto::api::{JoinRequest, JoinResponse};
 struct Published {
     bytes: Arc<Vec<u8>>,
     etag: String,
+    epoch: u64,
     issued_at: u64,
+    document: Arc<CrowdDocument>,
+}
+
+/// One crowd this blender serves.
+struct Crowd {
+    config: RosterConfig,
+    published: RwLock<Option<Published>>,
 }
 
 /// The blender's counters (never account names or member traffic).
@@ -121,11 +141,29 @@ struct State {
     started_at: u64,
     key: SecretKey,
     connect_back_timeout: Duration,
-    roster: Mutex<Roster>,
+    /// The API's connection to the store (the ticker has its own).
     store: Arc<Mutex<Store>>,
-    published: RwLock<Option<Published>>,
-    /// Member keys registered (pending or admitted), to identify heartbeats.
-    keys: Mutex<std::collections::HashMap<PublicKey, MemberId>>,
+    /// "sqlite" or "postgres".
+    database: &'static str,
+    crowds: std::collections::BTreeMap<String, Crowd>,
+}
+
+impl State {
+    fn crowd(&self, name: &str) -> Option<&Crowd> {
+        self.crowds.get(name)
+    }
+
+    /// Runs a store call off the async threads.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&store)))
+            .await
+            .map_err(|e| NodeError::Blender(e.to_string()))?
+            .map_err(NodeError::from)
+    }
 }
 
 /// A running blender.
@@ -170,22 +208,47 @@ pub async fn start(
         ));
     }
     let key = load_key(&config.data_dir)?;
-    let store = Store::open(&config.data_dir)?;
-    let (epoch, members) = store.load_epoch()?;
-    let now = now_ms();
-    let roster_config = RosterConfig {
-        crowd: "default".into(),
-        forward_probability: config.forward_probability,
-        join_interval_ms: config.join_interval.as_millis() as u64,
-        heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
-        document_lifetime_ms: config.document_lifetime.as_millis() as u64,
-        rejoin_interval_ms: config.rejoin_interval.as_millis() as u64,
+    let open = {
+        let (dir, database) = (config.data_dir.clone(), config.database.clone());
+        move || Store::open_database(&dir, database.as_ref())
     };
-    let keys = members.iter().map(|m| (m.key, m.id)).collect();
-    let restored = epoch > 0;
-    // A restarted blender publishes a fresh epoch with the stored members at once, so
-    // a changed pf reaches everyone and no epoch number is ever reused.
-    let roster = Roster::resume(roster_config, epoch + u64::from(restored), members, now);
+    let api_store = tokio::task::spawn_blocking(open.clone())
+        .await
+        .map_err(|e| NodeError::Blender(e.to_string()))??;
+    let ticker_store = tokio::task::spawn_blocking(open)
+        .await
+        .map_err(|e| NodeError::Blender(e.to_string()))??;
+    let shared = ticker_store.kind() == "postgres";
+    let now = now_ms();
+    let mut crowds = std::collections::BTreeMap::new();
+    let all = std::iter::once((DEFAULT_CROWD.to_string(), config.forward_probability))
+        .chain(config.extra_crowds.iter().cloned());
+    for (name, pf) in all {
+        if !crowds_proto::pf_is_valid(pf) {
+            return Err(NodeError::Config(format!(
+                "pf of crowd {name:?} must be at least 0 and below 1"
+            )));
+        }
+        if !crate::store::valid_name(&name) {
+            return Err(NodeError::Config(format!(
+                "invalid crowd name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let crowd = Crowd {
+            config: RosterConfig {
+                crowd: name.clone(),
+                forward_probability: pf,
+                join_interval_ms: config.join_interval.as_millis() as u64,
+                heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
+                document_lifetime_ms: config.document_lifetime.as_millis() as u64,
+                rejoin_interval_ms: config.rejoin_interval.as_millis() as u64,
+            },
+            published: RwLock::new(None),
+        };
+        if crowds.insert(name.clone(), crowd).is_some() {
+            return Err(NodeError::Config(format!("crowd {name:?} is given twice")));
+        }
+    }
     let listener = net::bind(config.listen, "the blender API").await?;
     let addr = listener
         .local_addr()
@@ -200,15 +263,13 @@ pub async fn start(
         started_at: now,
         key,
         connect_back_timeout: config.connect_back_timeout,
-        roster: Mutex::new(roster),
-        store: Arc::new(Mutex::new(store)),
-        published: RwLock::new(None),
-        keys: Mutex::new(keys),
+        database: api_store.kind(),
+        store: Arc::new(Mutex::new(api_store)),
+        crowds,
     });
-    if restored {
-        let doc = lock(&state.roster).document(now);
-        publish(&state, doc).await?;
-    }
+    // Serve the stored documents at once (a restart, or a second blender joining).
+    let ticker_store = Arc::new(Mutex::new(ticker_store));
+    advance(&state, &ticker_store).await;
     let server_tls = tls::server_config(&state.key, Arc::new(|_: &PublicKey| true))?;
     let acceptor = TlsAcceptor::from(Arc::new(server_tls));
     let public_key = state.key.public();
@@ -257,8 +318,9 @@ pub async fn start(
             move |stream, _| control(control_state.clone(), stream),
         ));
     }
-    tasks.push(tokio::spawn(tick(state, shutdown)));
-    tracing::info!(%addr, key = %public_key, "blender listening");
+    let every = if shared { TICK_SHARED } else { TICK };
+    tasks.push(tokio::spawn(tick(state, ticker_store, every, shutdown)));
+    tracing::info!(%addr, key = %public_key, database = if shared { "postgres" } else { "sqlite" }, "blender listening");
     Ok(RunningBlender {
         addr,
         public_key,
@@ -271,58 +333,79 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn tick(state: Arc<State>, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(TICK);
+async fn tick(
+    state: Arc<State>,
+    store: Arc<Mutex<Store>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let now = now_ms();
-        let next = lock(&state.roster).poll_epoch(now);
-        let refresh = {
-            let published = state.published.read().unwrap_or_else(|p| p.into_inner());
-            let lifetime = lock(&state.roster).config().document_lifetime_ms;
-            published
-                .as_ref()
-                .is_some_and(|p| now.saturating_sub(p.issued_at) > lifetime / 2)
-        };
-        let doc = match next {
-            Some(doc) => {
-                tracing::info!(epoch = doc.epoch, members = doc.members.len(), "new epoch");
-                state.stats.epochs.fetch_add(1, Ordering::Relaxed);
-                Some(doc)
-            }
-            None if refresh => Some(lock(&state.roster).document(now)),
-            None => None,
-        };
-        if let Some(doc) = doc {
-            if let Err(e) = publish(&state, doc).await {
-                tracing::error!("cannot publish the crowd document: {e}");
-            }
-        }
+        advance(&state, &store).await;
     }
 }
 
-async fn publish(
-    state: &Arc<State>,
-    doc: crowds_proto::document::CrowdDocument,
-) -> Result<(), NodeError> {
-    let bytes = doc
-        .sign(&state.key)
-        .map_err(|e| NodeError::Blender(e.to_string()))?;
-    let store = state.store.clone();
-    let (epoch, members) = (doc.epoch, doc.members.clone());
-    tokio::task::spawn_blocking(move || lock(&store).save_epoch(epoch, &members))
-        .await
-        .map_err(|e| NodeError::Blender(e.to_string()))??;
-    let published = Published {
-        bytes: Arc::new(bytes),
-        etag: format!("\"{}-{}\"", doc.epoch, doc.issued_at),
-        issued_at: doc.issued_at,
-    };
-    *state.published.write().unwrap_or_else(|p| p.into_inner()) = Some(published);
-    Ok(())
+/// One turn for every crowd: cut or refresh an epoch if due (unless another blender is
+/// doing it), then pick up the latest stored document, whoever signed it.
+async fn advance(state: &Arc<State>, store: &Arc<Mutex<Store>>) {
+    for (name, crowd) in &state.crowds {
+        let config = crowd.config.clone();
+        let known = crowd
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| (p.epoch, p.issued_at));
+        let (store, signer, crowd_name) = (store.clone(), state.clone(), name.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let mut store = lock(&store);
+            let sign = |doc: &CrowdDocument| doc.sign(&signer.key).map_err(|e| e.to_string());
+            let tick = store.tick(&config, now_ms(), &sign)?;
+            let latest = store.latest_document(&crowd_name, known)?;
+            Ok::<_, crate::store::StoreError>((tick, latest))
+        })
+        .await;
+        let (tick, latest) = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(crowd = %name, "cannot advance the crowd: {e}");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(crowd = %name, "epoch task failed: {e}");
+                continue;
+            }
+        };
+        if let Tick::NewEpoch { epoch, members } = tick {
+            tracing::info!(crowd = %name, epoch, members, "new epoch");
+            state.stats.epochs.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(latest) = latest else { continue };
+        let Some(bytes) = latest.bytes else { continue };
+        match CrowdDocument::verify(&bytes, &state.key.public()) {
+            Ok(document) => {
+                *crowd.published.write().unwrap_or_else(|p| p.into_inner()) = Some(Published {
+                    bytes: Arc::new(bytes),
+                    etag: format!("\"{}-{}\"", latest.epoch, latest.issued_at),
+                    epoch: latest.epoch,
+                    issued_at: latest.issued_at,
+                    document: Arc::new(document),
+                });
+            }
+            // Another blender with a different key shares this database: refuse to
+            // serve what jondos would reject anyway.
+            Err(e) => tracing::error!(
+                crowd = %name,
+                "the stored document does not verify with this blender's key ({e}); \
+                 blenders sharing a database must share the data directory's key"
+            ),
+        }
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
@@ -335,31 +418,46 @@ async fn api(
     source: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    match (req.method().clone(), req.uri().path()) {
-        (Method::GET, "/v1/crowd") => crowd(&state, &req),
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/v1/crowd") => {
+            let mine = state.with_store(move |s| s.crowd_of(&client)).await;
+            match mine {
+                Ok(name) => crowd(&state, name.as_deref().unwrap_or(DEFAULT_CROWD), &req),
+                Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+            }
+        }
+        (Method::GET, p) if p.starts_with("/v1/crowd/") => crowd(&state, &p[10..], &req),
         (Method::POST, "/v1/join") => join(state, client, source, req).await,
         (Method::POST, "/v1/heartbeat") => {
-            let id = lock(&state.keys).get(&client).copied();
-            match id {
-                Some(id) if lock(&state.roster).handle_heartbeat(id, now_ms()) => {
+            match state
+                .with_store(move |s| s.heartbeat(&client, now_ms()))
+                .await
+            {
+                Ok(true) => {
                     state.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                     body::text(StatusCode::NO_CONTENT, "")
                 }
-                _ => error(StatusCode::FORBIDDEN, "not a member: join again"),
+                Ok(false) => error(StatusCode::FORBIDDEN, "not a member: join again"),
+                Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
             }
         }
-        (Method::POST, "/v1/leave") => {
-            if let Some(id) = lock(&state.keys).get(&client).copied() {
-                lock(&state.roster).handle_leave(id);
-            }
-            body::text(StatusCode::NO_CONTENT, "")
-        }
+        (Method::POST, "/v1/leave") => match state.with_store(move |s| s.leave(&client)).await {
+            Ok(()) => body::text(StatusCode::NO_CONTENT, ""),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+        },
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
 
-fn crowd(state: &State, req: &Request<Incoming>) -> Response<Body> {
-    let published = state.published.read().unwrap_or_else(|p| p.into_inner());
+fn crowd(state: &State, name: &str, req: &Request<Incoming>) -> Response<Body> {
+    let Some(crowd) = state.crowd(name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this blender does not serve that crowd",
+        );
+    };
+    let published = crowd.published.read().unwrap_or_else(|p| p.into_inner());
     let Some(p) = published.as_ref() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no epoch published yet");
     };
@@ -418,17 +516,29 @@ async fn join(
             return too_many("too many failed logins; wait before trying again", wait);
         }
     }
-    let store = state.store.clone();
     let account = join.account.clone();
+    let record = state.with_store(move |s| s.login_record(&account)).await;
     let password = zeroize::Zeroizing::new(join.password);
-    let verified =
-        tokio::task::spawn_blocking(move || lock(&store).verify_login(&account, &password)).await;
-    let id = match verified {
-        Ok(Ok(Some(id))) => {
+    // The slow hash check runs outside the store's lock.
+    let verified = match record {
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+        Ok(record) => {
+            tokio::task::spawn_blocking(move || match record {
+                Some(r) => r.verify(&password).map(|ok| ok.then_some((r.id, r.crowd))),
+                None => {
+                    crate::store::waste_password_check(&password);
+                    Ok(None)
+                }
+            })
+            .await
+        }
+    };
+    let (id, crowd_name) = match verified {
+        Ok(Ok(Some(found))) => {
             let mut throttle = lock(&state.logins);
             throttle.record_success(&ThrottleKey::Account(join.account.clone()));
             throttle.record_success(&ThrottleKey::Source(source));
-            id
+            found
         }
         Ok(Ok(None)) => {
             state.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
@@ -451,6 +561,16 @@ async fn join(
         }
         _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "account store failure"),
     };
+    let Some(config) = state.crowd(&crowd_name).map(|c| c.config.clone()) else {
+        tracing::warn!(
+            member = id,
+            "join refused: this blender does not serve the account's crowd"
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            "this account belongs to a crowd this blender does not serve",
+        );
+    };
     // The article's firewalled members: if we cannot reach the peer port, the member
     // may still initiate paths but is never chosen as a forwarder.
     let reachable = matches!(
@@ -467,12 +587,13 @@ async fn join(
         key: client,
         flags: if reachable { 0 } else { FLAG_CLIENT_ONLY },
     };
+    let outcome = match state
+        .with_store(move |s| s.join(&config, &member, now_ms()))
+        .await
     {
-        let mut keys = lock(&state.keys);
-        keys.retain(|_, v| *v != id);
-        keys.insert(client, id);
-    }
-    let outcome = lock(&state.roster).handle_join(member, now_ms());
+        Ok(outcome) => outcome,
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+    };
     let status = match outcome {
         JoinOutcome::AlreadyMember => {
             state.stats.joins_member.fetch_add(1, Ordering::Relaxed);
@@ -508,7 +629,12 @@ async fn join(
     tracing::info!(member = id, status, client_only = !reachable, "join");
     body::json(
         StatusCode::OK,
-        &serde_json::json!({ "member_id": id, "status": status, "client_only": !reachable }),
+        &serde_json::json!({
+            "member_id": id,
+            "status": status,
+            "client_only": !reachable,
+            "crowd": crowd_name,
+        }),
     )
 }
 
@@ -526,36 +652,59 @@ async fn control(state: Arc<State>, stream: tokio::net::TcpStream) {
 }
 
 async fn blender_status(state: &Arc<State>) -> serde_json::Value {
-    let store = state.store.clone();
-    let accounts =
-        tokio::task::spawn_blocking(move || lock(&store).list_accounts().map(|a| a.len()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0);
-    let now = now_ms();
-    let roster = lock(&state.roster);
-    let members: Vec<serde_json::Value> = roster
-        .members()
-        .map(|m| {
-            serde_json::json!({
-                "id": m.id,
-                "addr": m.addr.to_string(),
-                "client_only": !m.forwards(),
-                "key": m.key.to_hex(),
-            })
+    let names: Vec<String> = state.crowds.keys().cloned().collect();
+    let counts = state
+        .with_store(move |s| {
+            names
+                .iter()
+                .map(|n| s.counts(n))
+                .collect::<Result<Vec<_>, _>>()
         })
-        .collect();
+        .await
+        .unwrap_or_default();
+    let now = now_ms();
+    let mut crowds = Vec::new();
+    let mut members = Vec::new();
+    for (i, crowd) in state.crowds.values().enumerate() {
+        let c = counts.get(i).copied().unwrap_or_default();
+        let published = crowd.published.read().unwrap_or_else(|p| p.into_inner());
+        let doc = published.as_ref().map(|p| p.document.clone());
+        if crowd.config.crowd == DEFAULT_CROWD {
+            members = doc
+                .iter()
+                .flat_map(|d| d.members.iter())
+                .map(|m| {
+                    serde_json::json!({
+                        "id": m.id,
+                        "addr": m.addr.to_string(),
+                        "client_only": !m.forwards(),
+                        "key": m.key.to_hex(),
+                    })
+                })
+                .collect();
+        }
+        crowds.push(serde_json::json!({
+            "name": crowd.config.crowd,
+            "pf": crowd.config.forward_probability,
+            "epoch": doc.as_ref().map_or(0, |d| d.epoch),
+            "members": doc.as_ref().map_or(0, |d| d.members.len()),
+            "pending_joins": c.pending,
+            "document_age_s": doc.as_ref().map(|d| now.saturating_sub(d.issued_at) / 1000),
+        }));
+    }
+    let default = &crowds[0];
+    let accounts = counts.first().map_or(0, |c| c.accounts);
     let s = &state.stats;
     serde_json::json!({
-        "epoch": roster.epoch(),
-        "members": members.len(),
-        "pending_joins": roster.pending_count(),
-        "next_epoch_in_ms": roster.next_epoch_at(now).map(|t| t.saturating_sub(now)),
+        "epoch": default["epoch"],
+        "members": default["members"],
+        "pending_joins": default["pending_joins"],
         "accounts": accounts,
-        "pf": roster.config().forward_probability,
-        "join_interval_ms": roster.config().join_interval_ms,
+        "pf": default["pf"],
+        "join_interval_ms": state.crowds.values().next().map(|c| c.config.join_interval_ms),
+        "database": state.database,
         "uptime_s": now.saturating_sub(state.started_at) / 1000,
+        "crowds": crowds,
         "member_list": members,
         "counters": {
             "epochs": s.epochs.load(Ordering::Relaxed),

@@ -1,6 +1,8 @@
 //! A jondo's client for the blender API, over TLS with the blender's key pinned.
 //!
-//! Owns dialling the blender, the join/heartbeat/leave/fetch calls and their limits.
+//! Owns dialling the blender (failing over between replicated blenders: the first one
+//! that answers is used until it stops answering), the join/heartbeat/leave/fetch calls
+//! and their limits.
 //! It does not judge documents (that is [`crowds_proto::view`]): it only fetches bytes.
 
 use crate::blender::{JoinRequest, JoinResponse};
@@ -35,26 +37,57 @@ pub struct Reply {
 /// The blender API client.
 #[derive(Clone)]
 pub struct BlenderClient {
-    addr: String,
+    addrs: Arc<Vec<String>>,
+    /// Index of the blender that answered last.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     connector: TlsConnector,
 }
 
 impl BlenderClient {
-    /// A client for the blender at `addr` (`HOST:PORT`) holding `blender_key`.
+    /// A client for the blenders at `addrs` (`HOST:PORT`, replicas of one blender,
+    /// tried in order) holding `blender_key`.
     pub fn new(
-        addr: String,
+        addrs: Vec<String>,
         identity: &SecretKey,
         blender_key: PublicKey,
     ) -> Result<Self, NodeError> {
+        if addrs.is_empty() {
+            return Err(NodeError::Config("no blender address given".into()));
+        }
         let config = tls::client_config(identity, blender_key)?;
         Ok(Self {
-            addr,
+            addrs: Arc::new(addrs),
+            current: Arc::default(),
             connector: TlsConnector::from(Arc::new(config)),
         })
     }
 
+    /// Dials the blender that answered last, else the others in turn.
     async fn dial(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&self.addr).await?.collect();
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last: BoxError = "no blender address".into();
+        for i in 0..self.addrs.len() {
+            let index = (first + i) % self.addrs.len();
+            match self.dial_one(&self.addrs[index]).await {
+                Ok(s) => {
+                    if index != first {
+                        tracing::warn!(blender = index + 1, "failed over to another blender");
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(s);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn dial_one(
+        &self,
+        addr: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
         let mut last: BoxError = "blender address resolves to nothing".into();
         for addr in addrs {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, async {

@@ -90,6 +90,7 @@ pub async fn start(
         let jc = JondoConfig {
             data_dir: dir.path().join(format!("jondo{}", i + 1)),
             blender: blender.addr.to_string(),
+            fallback_blenders: Vec::new(),
             blender_key: blender.public_key,
             account: format!("demo{}", i + 1),
             password: crate::safelog::Secret::new(password),

@@ -60,6 +60,8 @@ pub struct JondoConfig {
     pub data_dir: PathBuf,
     /// The blender's API address, `HOST:PORT`.
     pub blender: String,
+    /// Replicas of the blender (same key, shared database) to fail over to.
+    pub fallback_blenders: Vec<String>,
     /// The blender's public key (pinned).
     pub blender_key: PublicKey,
     /// Account name at the blender.
@@ -112,6 +114,7 @@ impl JondoConfig {
         Self {
             data_dir,
             blender,
+            fallback_blenders: Vec::new(),
             blender_key,
             account,
             password,
@@ -642,7 +645,17 @@ pub async fn start(
     let socks_addr = socks_listener.as_ref().map(addr_of).transpose()?;
     let advertise = config.advertise.unwrap_or(peer_addr);
 
-    let blender = BlenderClient::new(config.blender.clone(), &identity, config.blender_key)?;
+    let blenders: Vec<String> = std::iter::once(config.blender.clone())
+        .chain(config.fallback_blenders.iter().cloned())
+        .collect();
+    let blender = BlenderClient::new(blenders.clone(), &identity, config.blender_key)?;
+    // An exit never connects to any of the blenders for a user.
+    let mut blender_addrs = Vec::new();
+    for b in &blenders {
+        if let Ok(found) = tokio::net::lookup_host(b.as_str()).await {
+            blender_addrs.extend(found);
+        }
+    }
     // Listeners serve from now on (the proxy answers "not admitted" and the status page
     // says so until the crowd lists us); if the login fails they are stopped again.
     let serving = shutdown.child_token();
@@ -667,10 +680,7 @@ pub async fn start(
                 } else {
                     PortPolicy::default()
                 }),
-            deny: tokio::net::lookup_host(config.blender.as_str())
-                .await
-                .map(|a| a.collect())
-                .unwrap_or_default(),
+            deny: blender_addrs,
             ..ExitConfig::default()
         },
         stats: Stats::default(),
@@ -747,6 +757,9 @@ pub async fn start(
         }
     };
     tracing::info!(member = joined.member_id, status = %joined.status, "logged in at the blender");
+    if let Some(crowd) = &joined.crowd {
+        lock(&node.view).set_crowd(crowd);
+    }
     if joined.client_only {
         tracing::warn!(
             "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \

@@ -34,6 +34,9 @@ pub struct JoinResponse {
     /// as client-only (it initiates but is never chosen as a forwarder).
     #[serde(default)]
     pub client_only: bool,
+    /// The crowd the account belongs to (absent from old blenders: the default one).
+    #[serde(default)]
+    pub crowd: Option<String>,
 }
 
 impl std::fmt::Debug for JoinRequest {

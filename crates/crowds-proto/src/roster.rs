@@ -42,6 +42,42 @@ pub enum JoinOutcome {
     },
 }
 
+/// What a shared store holds about a crowd between two epochs (see [`Roster::restore`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RosterState {
+    /// The current epoch (0 before the first).
+    pub epoch: u64,
+    /// When it was cut (unix ms), if ever.
+    pub last_epoch_at: Option<u64>,
+    /// Members of the current epoch: the member, its last heartbeat, whether it leaves.
+    pub members: Vec<(Member, u64, bool)>,
+    /// Members waiting for the next epoch, with their last heartbeat.
+    pub pending: Vec<(Member, u64)>,
+}
+
+/// The rule for a join request, apart from any state: `current` is the account's member
+/// entry in the current epoch, `admitted_at` when it was last admitted.
+pub fn join_outcome(
+    config: &RosterConfig,
+    current: Option<&Member>,
+    admitted_at: Option<u64>,
+    member: &Member,
+    now: u64,
+) -> JoinOutcome {
+    if current == Some(member) {
+        return JoinOutcome::AlreadyMember;
+    }
+    if let Some(at) = admitted_at {
+        let next = at.saturating_add(config.rejoin_interval_ms);
+        if now < next {
+            return JoinOutcome::TooSoon {
+                retry_after_ms: next - now,
+            };
+        }
+    }
+    JoinOutcome::Pending
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     member: Member,
@@ -58,6 +94,7 @@ pub struct Roster {
     leaving: Vec<MemberId>,
     last_epoch_at: Option<u64>,
     admitted_at: BTreeMap<MemberId, u64>,
+    forced: bool,
 }
 
 impl Roster {
@@ -89,6 +126,34 @@ impl Roster {
             leaving: Vec::new(),
             last_epoch_at: None,
             admitted_at: BTreeMap::new(),
+            forced: false,
+        }
+    }
+
+    /// A crowd restored from a shared store between two epochs (replicated blenders):
+    /// members of the current epoch with their last heartbeat and whether they asked to
+    /// leave, members waiting for the next epoch, and when the last epoch was cut.
+    pub fn restore(config: RosterConfig, state: RosterState) -> Self {
+        let entry = |(member, last_seen): (Member, u64)| (member.id, Entry { member, last_seen });
+        let leaving = state
+            .members
+            .iter()
+            .filter(|(_, _, leaving)| *leaving)
+            .map(|(m, _, _)| m.id)
+            .collect();
+        Self {
+            config,
+            epoch: state.epoch,
+            members: state
+                .members
+                .into_iter()
+                .map(|(m, seen, _)| entry((m, seen)))
+                .collect(),
+            pending: state.pending.into_iter().map(entry).collect(),
+            leaving,
+            last_epoch_at: state.last_epoch_at,
+            admitted_at: BTreeMap::new(),
+            forced: false,
         }
     }
 
@@ -107,6 +172,11 @@ impl Roster {
         self.members.values().map(|e| &e.member)
     }
 
+    /// When the member was admitted by this roster (not kept by [`Roster::restore`]).
+    pub fn admitted_at(&self, id: MemberId) -> Option<u64> {
+        self.admitted_at.get(&id).copied()
+    }
+
     /// Number of members waiting for the next epoch.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
@@ -115,20 +185,17 @@ impl Roster {
     /// A member asks to join (or re-join with a new address or key).
     pub fn handle_join(&mut self, member: Member, now: u64) -> JoinOutcome {
         self.leaving.retain(|id| *id != member.id);
-        if let Some(entry) = self.members.get_mut(&member.id) {
-            if entry.member == member {
+        let current = self.members.get(&member.id).map(|e| &e.member);
+        let admitted_at = self.admitted_at.get(&member.id).copied();
+        let outcome = join_outcome(&self.config, current, admitted_at, &member, now);
+        if outcome == JoinOutcome::AlreadyMember {
+            if let Some(entry) = self.members.get_mut(&member.id) {
                 entry.last_seen = now;
-                self.pending.remove(&member.id);
-                return JoinOutcome::AlreadyMember;
             }
+            self.pending.remove(&member.id);
         }
-        if let Some(at) = self.admitted_at.get(&member.id) {
-            let next = at.saturating_add(self.config.rejoin_interval_ms);
-            if now < next {
-                return JoinOutcome::TooSoon {
-                    retry_after_ms: next - now,
-                };
-            }
+        if outcome != JoinOutcome::Pending {
+            return outcome;
         }
         // A member whose key changed while another member already holds that key cannot
         // be admitted twice; the document check would reject the whole epoch.
@@ -171,7 +238,16 @@ impl Roster {
             .map(|e| e.member.id)
     }
 
+    /// Asks for a new epoch with the same members at the next opportunity (the crowd's
+    /// settings changed, e.g. its pf).
+    pub fn force_epoch(&mut self) {
+        self.forced = true;
+    }
+
     fn change_waiting(&self, now: u64) -> bool {
+        if self.forced {
+            return true;
+        }
         let pending_alive = self
             .pending
             .values()
@@ -215,6 +291,7 @@ impl Roster {
         }
         self.epoch += 1;
         self.last_epoch_at = Some(now);
+        self.forced = false;
         Some(self.document(now))
     }
 

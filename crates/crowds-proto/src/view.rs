@@ -91,6 +91,12 @@ impl CrowdView {
         self
     }
 
+    /// From now on, only accept documents of the named crowd (set once the blender has
+    /// said which crowd this jondo's account belongs to).
+    pub fn set_crowd(&mut self, crowd: &str) {
+        self.crowd = Some(crowd.to_string());
+    }
+
     /// The current document, if any, whether expired or not.
     pub fn current(&self) -> Option<&CrowdDocument> {
         self.current.as_ref()

@@ -97,40 +97,87 @@ enum AccountCommand {
     /// Create an account; reads the password (one line) from standard input.
     ///
     /// Example: echo "$PASSWORD" | crowds account add --data-dir blender-data alice
+    ///
+    /// Example (a separate slow crowd): echo "$PASSWORD" | crowds account add --data-dir blender-data --crowd slow bob
     Add {
-        /// The blender's data directory (created if missing).
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The named crowd this account joins (the blender must serve it: --crowd on
+        /// `crowds blender`).
+        #[arg(long, default_value = crowds_node::store::DEFAULT_CROWD)]
+        crowd: String,
         /// Account name: letters, digits, '.', '_' or '-'.
         name: String,
     },
-    /// List accounts (never passwords).
+    /// List accounts (never passwords): id, name, crowd.
     List {
-        /// The blender's data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Remove an account.
     Remove {
-        /// The blender's data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Account name.
         name: String,
     },
 }
 
+/// Where the blender keeps its accounts and crowds.
 #[derive(Args, Debug)]
-struct BlenderArgs {
-    /// Directory for the signing key, blender.pub and the account database.
+struct StoreArgs {
+    /// The blender's data directory (created if missing): its signing key, and the
+    /// SQLite database unless --database is given.
     #[arg(long)]
     data_dir: PathBuf,
+    /// A PostgreSQL database shared by replicated blenders, as postgres://USER@HOST:PORT/DB
+    /// (no password in it: use --database-password-file) [default: SQLite in --data-dir].
+    #[arg(long, env = "CROWDS_DATABASE")]
+    database: Option<String>,
+    /// File holding the database password (first line; mode 0600).
+    #[arg(long, env = "CROWDS_DATABASE_PASSWORD_FILE", requires = "database")]
+    database_password_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn database(&self) -> Result<Option<crowds_node::store::DatabaseConfig>> {
+        let Some(url) = &self.database else {
+            return Ok(None);
+        };
+        let password = self
+            .database_password_file
+            .as_deref()
+            .map(files::read_password_file)
+            .transpose()?
+            .map(std::sync::Arc::new);
+        Ok(Some(crowds_node::store::DatabaseConfig {
+            url: url.clone(),
+            password,
+        }))
+    }
+
+    fn open(&self) -> Result<Store> {
+        Ok(Store::open_database(
+            &self.data_dir,
+            self.database()?.as_ref(),
+        )?)
+    }
+}
+
+#[derive(Args, Debug)]
+struct BlenderArgs {
+    #[command(flatten)]
+    store: StoreArgs,
     /// Address of the blender's API, HOST:PORT.
     #[arg(long)]
     listen: SocketAddr,
-    /// Forward probability pf of the crowd (must be > 0.5 and < 1).
+    /// Forward probability pf of the default crowd (must be > 0.5 and < 1).
     #[arg(long, default_value_t = 0.75)]
     pf: f64,
+    /// Also serve the named crowd with its own pf, as NAME=PF (repeatable), e.g. a
+    /// separate slow crowd for poorly connected members: --crowd slow=0.6.
+    #[arg(long = "crowd", value_name = "NAME=PF", value_parser = parse_crowd)]
+    crowds: Vec<(String, f64)>,
     /// Allow any pf in [0, 1) for experiments (no anonymity guarantee below 0.5).
     #[arg(long)]
     insecure_pf: bool,
@@ -167,9 +214,11 @@ struct JondoArgs {
     /// Directory for the identity key [default: $XDG_DATA_HOME/crowds].
     #[arg(long, env = "CROWDS_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The blender's API address, HOST:PORT.
-    #[arg(long, env = "CROWDS_BLENDER")]
-    blender: Option<String>,
+    /// The blender's API address, HOST:PORT. Repeat it (or separate with commas) for
+    /// replicated blenders sharing one key and database: the jondo fails over between them.
+    #[arg(long, env = "CROWDS_BLENDER", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "one_or_many")]
+    blender: Option<Vec<String>>,
     /// File with the blender's public key (its blender.pub).
     #[arg(long, env = "CROWDS_BLENDER_KEY")]
     blender_key: Option<PathBuf>,
@@ -188,7 +237,7 @@ struct JondoArgs {
     /// The local HTTP proxy for your browser [default: 127.0.0.1:8118].
     #[arg(long, env = "CROWDS_PROXY_LISTEN")]
     proxy_listen: Option<SocketAddr>,
-    /// The local SOCKS5 proxy (not yet supported: answers with a refusal) [default: 127.0.0.1:1080].
+    /// The local SOCKS5 proxy (CONNECT; names are resolved at the exit) [default: 127.0.0.1:1080].
     #[arg(long, env = "CROWDS_SOCKS_LISTEN")]
     socks_listen: Option<SocketAddr>,
     /// The status port (GET /status.json) [default: 127.0.0.1:8119].
@@ -246,6 +295,21 @@ mod opt_duration {
     }
 }
 
+/// `blender = "host:port"` or `blender = ["host:port", "other:port"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(s)) => Some(vec![s]),
+        Some(OneOrMany::Many(v)) => Some(v),
+    })
+}
+
 fn opt_ports<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<crowds_proto::policy::PortPolicy>, D::Error> {
@@ -298,7 +362,8 @@ pub fn init_logging(cli: &Cli) {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Account(cmd) => account(cmd),
+        // Off the async threads: the PostgreSQL client runs its own small runtime.
+        Command::Account(cmd) => tokio::task::spawn_blocking(move || account(cmd)).await?,
         Command::Blender(args) => run_blender(args).await,
         Command::Jondo(args) => run_jondo(*args).await,
         Command::Demo(args) => run_demo(args).await,
@@ -317,9 +382,24 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn parse_crowd(text: &str) -> Result<(String, f64), String> {
+    let (name, pf) = text
+        .split_once('=')
+        .ok_or("expected NAME=PF, e.g. slow=0.6")?;
+    if !crowds_node::store::valid_name(name) || name == crowds_node::store::DEFAULT_CROWD {
+        return Err(format!(
+            "invalid crowd name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-' (not \"default\")"
+        ));
+    }
+    let pf: f64 = pf
+        .parse()
+        .map_err(|_| format!("invalid pf {pf:?}: expected a number like 0.75"))?;
+    Ok((name.to_string(), pf))
+}
+
 fn account(cmd: AccountCommand) -> Result<()> {
     match cmd {
-        AccountCommand::Add { data_dir, name } => {
+        AccountCommand::Add { store, crowd, name } => {
             let mut line = zeroize::Zeroizing::new(String::new());
             std::io::stdin()
                 .lock()
@@ -329,18 +409,18 @@ fn account(cmd: AccountCommand) -> Result<()> {
             if password.is_empty() {
                 bail!("no password on standard input; pipe one line, e.g.: echo \"$PASSWORD\" | crowds account add --data-dir DIR NAME");
             }
-            let mut store = Store::open(&data_dir)?;
-            let id = store.add_account(&name, password)?;
-            eprintln!("account {name} created (member id {id})");
+            let mut store = store.open()?;
+            let id = store.add_account_in(&name, password, &crowd)?;
+            eprintln!("account {name} created in crowd {crowd} (member id {id})");
         }
-        AccountCommand::List { data_dir } => {
-            let store = Store::open(&data_dir)?;
+        AccountCommand::List { store } => {
+            let mut store = store.open()?;
             for a in store.list_accounts()? {
-                println!("{}\t{}", a.id, a.name);
+                println!("{}\t{}\t{}", a.id, a.name, a.crowd);
             }
         }
-        AccountCommand::Remove { data_dir, name } => {
-            let mut store = Store::open(&data_dir)?;
+        AccountCommand::Remove { store, name } => {
+            let mut store = store.open()?;
             store.remove_account(&name)?;
             eprintln!("account {name} removed");
         }
@@ -385,7 +465,12 @@ fn check_pf(pf: f64, insecure: bool) -> Result<()> {
 
 async fn run_blender(args: BlenderArgs) -> Result<()> {
     check_pf(args.pf, args.insecure_pf)?;
-    let mut config = BlenderConfig::new(args.data_dir, args.listen);
+    for (_, pf) in &args.crowds {
+        check_pf(*pf, args.insecure_pf)?;
+    }
+    let mut config = BlenderConfig::new(args.store.data_dir.clone(), args.listen);
+    config.database = args.store.database()?;
+    config.extra_crowds = args.crowds;
     config.forward_probability = args.pf;
     config.join_interval = args.join_interval;
     config.heartbeat_timeout = args.heartbeat_timeout;
@@ -423,6 +508,10 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             )
         })
     }
+    let mut blenders = need(flags.blender, file.blender, "blender")?;
+    if blenders.is_empty() {
+        bail!("missing --blender (or `blender` in the --config file)");
+    }
     let blender_key_file = need(flags.blender_key, file.blender_key, "blender-key")?;
     let password_file = need(flags.password_file, file.password_file, "password-file")?;
     let config = JondoConfig {
@@ -430,7 +519,8 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(xdg_data_dir),
-        blender: need(flags.blender, file.blender, "blender")?,
+        blender: blenders.remove(0),
+        fallback_blenders: blenders,
         blender_key: files::read_public_key(&blender_key_file)?,
         account: need(flags.account, file.account, "account")?,
         password: files::read_password_file(&password_file)?,
@@ -655,9 +745,14 @@ fn init(args: InitArgs) -> Result<()> {
     );
     line(
         &mut out,
-        "The blender's API address, HOST:PORT. Required.",
+        "The blender's API address, HOST:PORT. Required. A list [\"a:7000\", \"b:7000\"] names\n\
+         # replicated blenders (one key, one shared database) to fail over between.",
         "blender",
-        toml_value(&j.blender),
+        j.blender.as_ref().map(|b| match b.as_slice() {
+            [one] => toml::Value::String(one.clone()).to_string(),
+            many => toml::Value::Array(many.iter().cloned().map(toml::Value::String).collect())
+                .to_string(),
+        }),
         "\"blender.example.org:7000\"",
     );
     line(

@@ -168,7 +168,7 @@ async fn password_guessing_is_slowed_and_logged_without_secrets() {
     let (blender, addr, pub_path) = start_blender(&blender_dir, &logs, &[]).await;
     let blender_key = crowds_node::files::read_public_key(&pub_path).expect("key");
     let me = crowds_proto::identity::SecretKey::generate().expect("key");
-    let client = BlenderClient::new(addr.to_string(), &me, blender_key).expect("client");
+    let client = BlenderClient::new(vec![addr.to_string()], &me, blender_key).expect("client");
     let peer: SocketAddr = "127.0.0.77:9".parse().expect("addr");
     let guesses = [
         "guess-one",

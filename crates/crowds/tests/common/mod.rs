@@ -107,9 +107,15 @@ pub fn write_file_mode(path: &Path, text: &str, mode: u32) {
 
 /// Runs `crowds account add --data-dir DIR NAME` with `password` on standard input.
 pub fn account_add(data_dir: &Path, name: &str, password: &str) {
+    account_add_with(data_dir, name, password, &[]);
+}
+
+/// Runs `crowds account add --data-dir DIR EXTRA… NAME` with `password` on standard input.
+pub fn account_add_with(data_dir: &Path, name: &str, password: &str, extra: &[&str]) {
     let mut child = Command::new(BIN)
         .args(["account", "add", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .arg(name)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
