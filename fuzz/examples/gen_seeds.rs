@@ -378,6 +378,23 @@ fn path_table() {
     );
 }
 
+/// `document_delta`: real deltas from the target's base (epoch 3, members 1..=5) and
+/// document bodies for the sign-then-delta mode.
+fn document_delta() {
+    let base = sample_document(3, 5, 1_000);
+    for (name, next) in [
+        ("delta-one-joins", sample_document(4, 6, 2_000)),
+        ("delta-two-leave", sample_document(4, 3, 2_000)),
+        ("delta-refresh", sample_document(3, 5, 301_000)),
+    ] {
+        let delta = crowds_proto::delta::DocumentDelta::encode_between(&base, &signed(&next))
+            .expect("delta");
+        write("document_delta", name, &delta);
+        write("document_delta", &format!("body-{name}"), &body(&next));
+    }
+    write("document_delta", "magic-only", crowds_proto::delta::DELTA_MAGIC);
+}
+
 fn main() {
     // Tolerate running from the repository root as well.
     if Path::new("fuzz/Cargo.toml").exists() {
@@ -403,5 +420,6 @@ fn main() {
     relay_target();
     http_request_head();
     path_table();
+    document_delta();
     println!("seed corpus written to fuzz/corpus/");
 }

@@ -109,10 +109,17 @@ struct Published {
     document: Arc<CrowdDocument>,
 }
 
+/// Earlier documents kept to answer with deltas.
+const DELTA_BASES: usize = 8;
+
 /// One crowd this blender serves.
 struct Crowd {
     config: RosterConfig,
     published: RwLock<Option<Published>>,
+    /// The documents published before the current one (newest last).
+    history: Mutex<std::collections::VecDeque<Arc<CrowdDocument>>>,
+    /// Deltas to the current document, by the base's (epoch, issue time).
+    deltas: Mutex<std::collections::HashMap<(u64, u64), Arc<Vec<u8>>>>,
 }
 
 /// The blender's counters (never account names or member traffic).
@@ -244,6 +251,8 @@ pub async fn start(
                 rejoin_interval_ms: config.rejoin_interval.as_millis() as u64,
             },
             published: RwLock::new(None),
+            history: Mutex::default(),
+            deltas: Mutex::default(),
         };
         if crowds.insert(name.clone(), crowd).is_some() {
             return Err(NodeError::Config(format!("crowd {name:?} is given twice")));
@@ -389,13 +398,25 @@ async fn advance(state: &Arc<State>, store: &Arc<Mutex<Store>>) {
         let Some(bytes) = latest.bytes else { continue };
         match CrowdDocument::verify(&bytes, &state.key.public()) {
             Ok(document) => {
-                *crowd.published.write().unwrap_or_else(|p| p.into_inner()) = Some(Published {
-                    bytes: Arc::new(bytes),
-                    etag: format!("\"{}-{}\"", latest.epoch, latest.issued_at),
-                    epoch: latest.epoch,
-                    issued_at: latest.issued_at,
-                    document: Arc::new(document),
-                });
+                let old = crowd
+                    .published
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(Published {
+                        bytes: Arc::new(bytes),
+                        etag: format!("\"{}-{}\"", latest.epoch, latest.issued_at),
+                        epoch: latest.epoch,
+                        issued_at: latest.issued_at,
+                        document: Arc::new(document),
+                    });
+                lock(&crowd.deltas).clear();
+                if let Some(old) = old {
+                    let mut history = lock(&crowd.history);
+                    history.push_back(old.document);
+                    while history.len() > DELTA_BASES {
+                        history.pop_front();
+                    }
+                }
             }
             // Another blender with a different key shares this database: refuse to
             // serve what jondos would reject anyway.
@@ -467,13 +488,45 @@ fn crowd(state: &State, name: &str, req: &Request<Incoming>) -> Response<Body> {
         resp.headers_mut().insert(header::ETAG, etag);
         return resp;
     }
-    let mut resp = Response::new(body::full(p.bytes.as_ref().clone()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-crowds-document"),
-    );
+    // A jondo holding an earlier document gets only the change (it checks the whole
+    // new document's signature after applying it).
+    let have = req
+        .headers()
+        .get(crowds_proto::api::HAVE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crowds_proto::api::parse_have);
+    let (bytes, content_type) = match have.and_then(|base| delta_to(crowd, p, base)) {
+        Some(delta) => (delta, crowds_proto::api::DELTA_CONTENT_TYPE),
+        None => (p.bytes.clone(), crowds_proto::api::DOCUMENT_CONTENT_TYPE),
+    };
+    let mut resp = Response::new(body::full(bytes.as_ref().clone()));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut().insert(header::ETAG, etag);
     resp
+}
+
+/// The delta from the earlier document `base` (epoch, issue time) to the current one, if
+/// that document is still known; computed once per base and cached.
+fn delta_to(crowd: &Crowd, current: &Published, base: (u64, u64)) -> Option<Arc<Vec<u8>>> {
+    if base == (current.epoch, current.issued_at) {
+        return None;
+    }
+    if let Some(d) = lock(&crowd.deltas).get(&base) {
+        return Some(d.clone());
+    }
+    let doc = lock(&crowd.history)
+        .iter()
+        .rev()
+        .find(|d| (d.epoch, d.issued_at) == base)?
+        .clone();
+    let delta =
+        Arc::new(crowds_proto::delta::DocumentDelta::encode_between(&doc, &current.bytes).ok()?);
+    let mut deltas = lock(&crowd.deltas);
+    if deltas.len() < DELTA_BASES {
+        deltas.insert(base, delta.clone());
+    }
+    Some(delta)
 }
 
 fn too_many(message: &str, retry_after_ms: u64) -> Response<Body> {
@@ -804,7 +857,9 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                  <title>crowds blender</title><style>{style}</style></head><body><h1>Blender</h1>\
                  <p><span class=\"big\" id=\"members\">{members}</span> members · epoch <b id=\"epoch\">{epoch}</b> · pf {pf} · \
                  {pending} joins pending · {accounts} accounts</p>\
-                 <h2>Members</h2><table><tr><th>id</th><th>peer address</th><th>role</th><th>key</th></tr>{rows}</table>\
+                 <h2>Crowds</h2><table><tr><th>crowd</th><th>pf</th><th>epoch</th><th>members</th><th>pending</th></tr>{crowd_rows}</table>\
+                 <p>Store: {database}.</p>\
+                 <h2>Members of the default crowd</h2><table><tr><th>id</th><th>peer address</th><th>role</th><th>key</th></tr>{rows}</table>\
                  <h2>Counters</h2><pre>{counters}</pre>\
                  <p><small>Accounts are managed on the command line (crowds account …). This page never shows passwords or member traffic. \
                  <a href=\"/status.json\">status.json</a> · <a href=\"/metrics\">metrics</a></small></p></body></html>",
@@ -815,6 +870,24 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                 pending = st["pending_joins"],
                 accounts = st["accounts"],
                 counters = serde_json::to_string_pretty(&st["counters"]).unwrap_or_default(),
+                database = st["database"].as_str().unwrap_or(""),
+                crowd_rows = st["crowds"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                format!(
+                                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                                    c["name"].as_str().unwrap_or(""),
+                                    c["pf"],
+                                    c["epoch"],
+                                    c["members"],
+                                    c["pending_joins"]
+                                )
+                            })
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default(),
             );
             let mut resp = Response::new(body::full(html));
             resp.headers_mut().insert(

@@ -113,6 +113,35 @@ impl BlenderClient {
         json: Option<Vec<u8>>,
         if_none_match: Option<&HeaderValue>,
     ) -> Result<Reply, NodeError> {
+        self.call_with(method, path, json, if_none_match, None)
+            .await
+    }
+
+    /// Fetches the crowd document: conditionally (`etag`), and as a delta from the
+    /// document `have` (epoch, issue time) if the blender still knows it.
+    pub async fn fetch_document(
+        &self,
+        etag: Option<&HeaderValue>,
+        have: Option<(u64, u64)>,
+    ) -> Result<Reply, NodeError> {
+        let have = have.map(|(e, t)| {
+            (
+                crowds_proto::api::HAVE_HEADER,
+                HeaderValue::from_str(&format!("{e}-{t}")).unwrap_or(HeaderValue::from_static("")),
+            )
+        });
+        self.call_with(Method::GET, "/v1/crowd", None, etag, have)
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        if_none_match: Option<&HeaderValue>,
+        extra: Option<(&'static str, HeaderValue)>,
+    ) -> Result<Reply, NodeError> {
         let run = async {
             let stream = self.dial().await?;
             let (mut sender, conn) =
@@ -124,6 +153,9 @@ impl BlenderClient {
                 .header(header::HOST, "blender");
             if let Some(tag) = if_none_match {
                 req = req.header(header::IF_NONE_MATCH, tag);
+            }
+            if let Some((name, value)) = extra {
+                req = req.header(name, value);
             }
             let req = match json {
                 Some(b) => req

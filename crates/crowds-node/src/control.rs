@@ -84,6 +84,10 @@ pub fn status(node: &Node) -> serde_json::Value {
             "served_from_bundles": s.served_from_bundles.load(Ordering::Relaxed),
         },
         "errors": errors,
+        "documents": {
+            "full": s.documents_full.load(Ordering::Relaxed),
+            "delta": s.documents_delta.load(Ordering::Relaxed),
+        },
         "bytes": {
             "to_user": s.bytes_to_user.load(Ordering::Relaxed),
             "from_servers": s.bytes_from_servers.load(Ordering::Relaxed),
@@ -130,6 +134,15 @@ pub fn metrics(node: &Node) -> String {
         "crowds_own_path_reforms_total",
         "Times this jondo's first link failed and its whole path was re-formed.",
         load(&s.own_path_reforms),
+    );
+    m.counters_by(
+        "crowds_documents_adopted_total",
+        "Crowd documents adopted, by how they were fetched.",
+        "fetch",
+        &[
+            ("full", load(&s.documents_full)),
+            ("delta", load(&s.documents_delta)),
+        ],
     );
     m.counter(
         "crowds_paths_formed_total",

@@ -189,6 +189,10 @@ pub struct Stats {
     pub bytes_to_user: AtomicU64,
     /// Response body bytes received from servers as the exit (plain HTTP).
     pub bytes_from_servers: AtomicU64,
+    /// Crowd documents adopted from a whole download.
+    pub documents_full: AtomicU64,
+    /// Crowd documents adopted from a delta to the previous one.
+    pub documents_delta: AtomicU64,
 }
 
 /// The crowd error kinds, in the order of [`Stats::errors`].
@@ -876,22 +880,59 @@ async fn poll_documents(
 ) {
     let mut etag: Option<HeaderValue> = None;
     let mut failures = 0u32;
+    // After a delta that did not apply, the next fetch asks for the whole document.
+    let mut whole = false;
     loop {
         let wait = if failures == 0 {
             every
         } else {
             jitter((every * 2u32.saturating_pow(failures.min(5))).min(Duration::from_secs(60)))
         };
-        match blender
-            .call(Method::GET, "/v1/crowd", None, etag.as_ref())
-            .await
-        {
+        let (base, blender_key) = {
+            let view = lock(&node.view);
+            (view.current().cloned(), view.blender_key())
+        };
+        let have = base
+            .as_ref()
+            .filter(|_| !whole)
+            .map(|d| (d.epoch, d.issued_at));
+        whole = false;
+        match blender.fetch_document(etag.as_ref(), have).await {
             Ok(reply) if reply.status == StatusCode::OK => {
                 failures = 0;
                 node.blender_ok.store(true, Ordering::Relaxed);
-                match node.adopt(&reply.body) {
-                    Ok(_) => etag = reply.headers.get(header::ETAG).cloned(),
-                    Err(e) => tracing::warn!("rejected a crowd document: {e}"),
+                let is_delta = reply
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| v.as_bytes())
+                    == Some(crowds_proto::api::DELTA_CONTENT_TYPE.as_bytes());
+                let bytes = match (is_delta, &base) {
+                    (false, _) => Ok(reply.body.to_vec()),
+                    (true, Some(base)) => {
+                        crowds_proto::delta::DocumentDelta::apply(base, &reply.body, &blender_key)
+                    }
+                    (true, None) => Err(crowds_proto::document::DocumentError::Invalid(
+                        "a delta without a base document",
+                    )),
+                };
+                match bytes.map(|b| node.adopt(&b)) {
+                    Ok(Ok(_)) => {
+                        etag = reply.headers.get(header::ETAG).cloned();
+                        let counter = if is_delta {
+                            &node.stats.documents_delta
+                        } else {
+                            &node.stats.documents_full
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => tracing::warn!("rejected a crowd document: {e}"),
+                    Err(e) => {
+                        tracing::warn!(
+                            "a document delta did not apply ({e}); fetching the whole document"
+                        );
+                        whole = true;
+                        continue;
+                    }
                 }
             }
             Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => {

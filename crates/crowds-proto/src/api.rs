@@ -23,6 +23,21 @@ pub struct JoinRequest {
     pub peer_addr: SocketAddr,
 }
 
+/// Request header of `GET /v1/crowd`: `EPOCH-ISSUED_AT` of the document the jondo
+/// holds, so the blender may answer with a [`crate::delta::DocumentDelta`] instead of
+/// the whole document.
+pub const HAVE_HEADER: &str = "crowds-have";
+/// Content type of a whole signed crowd document.
+pub const DOCUMENT_CONTENT_TYPE: &str = "application/x-crowds-document";
+/// Content type of a delta.
+pub const DELTA_CONTENT_TYPE: &str = "application/x-crowds-delta";
+
+/// Parses a [`HAVE_HEADER`] value.
+pub fn parse_have(value: &str) -> Option<(u64, u64)> {
+    let (epoch, issued) = value.split_once('-')?;
+    Some((epoch.parse().ok()?, issued.parse().ok()?))
+}
+
 /// The answer to a join.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JoinResponse {

@@ -140,12 +140,7 @@ impl CrowdDocument {
         let body =
             postcard::to_stdvec(self).map_err(|e| DocumentError::Malformed(e.to_string()))?;
         let signature = key.sign(&signed_bytes(&body)).to_vec();
-        let envelope = Envelope { body, signature };
-        let mut out = MAGIC.to_vec();
-        out.extend(
-            postcard::to_stdvec(&envelope).map_err(|e| DocumentError::Malformed(e.to_string()))?,
-        );
-        Ok(out)
+        Envelope { body, signature }.encode()
     }
 
     /// Decodes `bytes`, verifies the signature under `blender` and checks the content.
@@ -160,14 +155,14 @@ impl CrowdDocument {
     }
 }
 
-fn signed_bytes(body: &[u8]) -> Vec<u8> {
+pub(crate) fn signed_bytes(body: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(SIGNATURE_CONTEXT.len() + body.len());
     msg.extend_from_slice(SIGNATURE_CONTEXT);
     msg.extend_from_slice(body);
     msg
 }
 
-fn decode_body(body: &[u8]) -> Result<CrowdDocument, DocumentError> {
+pub(crate) fn decode_body(body: &[u8]) -> Result<CrowdDocument, DocumentError> {
     let (doc, rest) = postcard::take_from_bytes::<CrowdDocument>(body)
         .map_err(|e| DocumentError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
@@ -178,13 +173,19 @@ fn decode_body(body: &[u8]) -> Result<CrowdDocument, DocumentError> {
 
 /// The signed wrapper: body bytes as signed, and the signature.
 #[derive(Serialize, Deserialize)]
-struct Envelope {
-    body: Vec<u8>,
-    signature: Vec<u8>,
+pub(crate) struct Envelope {
+    pub(crate) body: Vec<u8>,
+    pub(crate) signature: Vec<u8>,
 }
 
 impl Envelope {
-    fn decode(bytes: &[u8]) -> Result<Self, DocumentError> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, DocumentError> {
+        let mut out = MAGIC.to_vec();
+        out.extend(postcard::to_stdvec(self).map_err(|e| DocumentError::Malformed(e.to_string()))?);
+        Ok(out)
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DocumentError> {
         if bytes.len() > MAX_DOCUMENT_BYTES {
             return Err(DocumentError::TooLarge(bytes.len()));
         }

@@ -33,6 +33,7 @@ pub mod analysis;
 pub mod anonymity;
 pub mod api;
 pub mod bundle;
+pub mod delta;
 pub mod document;
 pub mod headers;
 pub mod html;

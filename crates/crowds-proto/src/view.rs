@@ -91,6 +91,11 @@ impl CrowdView {
         self
     }
 
+    /// The pinned blender key documents must be signed with.
+    pub fn blender_key(&self) -> PublicKey {
+        self.blender
+    }
+
     /// From now on, only accept documents of the named crowd (set once the blender has
     /// said which crowd this jondo's account belongs to).
     pub fn set_crowd(&mut self, crowd: &str) {

@@ -250,6 +250,16 @@ async fn jondos_fail_over_between_blenders_sharing_one_database() {
         tokio::time::sleep(POLL).await;
     }
 
+    // The newcomer's epoch reached the three older members as a delta, not the whole
+    // document.
+    for j in &jondos[..3] {
+        let s = status_of(j.control).await.expect("status");
+        assert!(
+            s["documents"]["delta"].as_u64().is_some_and(|d| d >= 1),
+            "no document delta adopted: {}",
+            s["documents"]
+        );
+    }
     let docs = stored_epochs(&shared.url, &shared.blender_dir, &key);
     let last = docs.last().expect("epochs");
     assert_eq!(
