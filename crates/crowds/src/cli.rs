@@ -876,3 +876,102 @@ fn init(args: InitArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FULL: &str = r#"
+data_dir = "/home/alice/.local/share/crowds"
+blender = ["a.example.org:7000", "b.example.org:7000"]
+blender_key = "/home/alice/blender.pub"
+account = "alice"
+password_file = "/home/alice/.crowds-password"
+peer_listen = "0.0.0.0:7070"
+advertise = "203.0.113.5:7070"
+proxy_listen = "127.0.0.1:8118"
+socks_listen = "127.0.0.1:1080"
+control_listen = "127.0.0.1:8119"
+heartbeat_interval = "5s"
+poll_interval = "1s"
+idle_timeout = "5m"
+server_timeout = "60s"
+exit_ports = "80,443"
+keep_cookies = false
+no_prefetch = false
+strip_active_content = true
+allow_private_destinations = false
+"#;
+
+    fn parse(text: &str) -> Result<JondoArgs, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_config_file_parses() {
+        let args = parse(FULL).expect("parses");
+        assert_eq!(
+            args.blender.as_deref(),
+            Some(
+                &[
+                    "a.example.org:7000".to_string(),
+                    "b.example.org:7000".to_string()
+                ][..]
+            )
+        );
+        assert_eq!(args.heartbeat_interval, Some(Duration::from_secs(5)));
+        assert!(args.strip_active_content);
+        let one = parse("blender = \"a:1\"").expect("one blender");
+        assert_eq!(one.blender, Some(vec!["a:1".to_string()]));
+    }
+
+    #[test]
+    fn config_mistakes_get_clear_messages() {
+        for (text, expect) in [
+            ("acount = \"alice\"", "unknown field"),
+            ("peer_listen = \"not an address\"", "peer_listen"),
+            ("heartbeat_interval = \"soon\"", "heartbeat_interval"),
+            ("exit_ports = \"80,http\"", "exit_ports"),
+            ("blender = 7", "blender"),
+            ("account = ", "account"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(expect), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn crowd_flags_are_checked() {
+        assert_eq!(parse_crowd("slow=0.6"), Ok(("slow".to_string(), 0.6)));
+        assert!(parse_crowd("slow").is_err());
+        assert!(parse_crowd("default=0.8").is_err());
+        assert!(parse_crowd("sl ow=0.8").is_err());
+        assert!(parse_crowd("slow=fast").is_err());
+    }
+
+    proptest! {
+        /// Any text: parsing never panics, and a refusal says something.
+        #[test]
+        fn arbitrary_config_text_never_panics(text in "\\PC{0,300}") {
+            if let Err(e) = parse(&text) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        /// A valid file with one byte replaced or cut: a clean parse or a message.
+        #[test]
+        fn damaged_config_files_never_panic(at in 0usize..FULL.len(), byte in any::<u8>(), cut in any::<bool>()) {
+            let mut bytes = FULL.as_bytes().to_vec();
+            if cut {
+                bytes.truncate(at);
+            } else {
+                bytes[at] = byte;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = parse(&text) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+    }
+}
