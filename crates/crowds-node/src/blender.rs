@@ -112,6 +112,9 @@ struct Published {
 /// Earlier documents kept to answer with deltas.
 const DELTA_BASES: usize = 8;
 
+/// Encoded deltas to the current document, by the base's (epoch, issue time).
+type DeltaCache = std::collections::HashMap<(u64, u64), Arc<Vec<u8>>>;
+
 /// One crowd this blender serves.
 struct Crowd {
     config: RosterConfig,
@@ -119,7 +122,7 @@ struct Crowd {
     /// The documents published before the current one (newest last).
     history: Mutex<std::collections::VecDeque<Arc<CrowdDocument>>>,
     /// Deltas to the current document, by the base's (epoch, issue time).
-    deltas: Mutex<std::collections::HashMap<(u64, u64), Arc<Vec<u8>>>>,
+    deltas: Mutex<DeltaCache>,
 }
 
 /// The blender's counters (never account names or member traffic).

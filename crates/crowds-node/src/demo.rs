@@ -47,10 +47,45 @@ fn random_password() -> String {
     hex::encode(bytes)
 }
 
+/// A step of [`start_with_progress`], for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Accounts created so far (each costs an argon2 hash).
+    Accounts(usize, usize),
+    /// The blender and the sample site are up.
+    Blender,
+    /// Jondos started and logged in so far.
+    Jondos(usize, usize),
+    /// Jondos that hold a document listing the whole crowd.
+    Forming(usize, usize),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Accounts(done, all) => write!(f, "[1/4] creating accounts {done}/{all}"),
+            Step::Blender => write!(f, "[2/4] blender and sample site started"),
+            Step::Jondos(done, all) => write!(f, "[3/4] starting jondos {done}/{all}"),
+            Step::Forming(done, all) => {
+                write!(f, "[4/4] jondos that see the whole crowd {done}/{all}")
+            }
+        }
+    }
+}
+
 /// Starts the whole crowd and waits until every jondo is admitted.
 pub async fn start(
     config: &DemoConfig,
     shutdown: CancellationToken,
+) -> Result<DemoCrowd, NodeError> {
+    start_with_progress(config, shutdown, &|_| {}).await
+}
+
+/// Like [`start`], reporting each step to `progress`.
+pub async fn start_with_progress(
+    config: &DemoConfig,
+    shutdown: CancellationToken,
+    progress: &(dyn Fn(Step) + Sync),
 ) -> Result<DemoCrowd, NodeError> {
     if config.jondos == 0 || config.jondos > 250 {
         return Err(NodeError::Config(
@@ -69,6 +104,7 @@ pub async fn start(
             let pw = random_password();
             store.add_account(&format!("demo{}", i + 1), &pw)?;
             passwords.push(pw);
+            progress(Step::Accounts(i + 1, config.jondos));
         }
     }
     let mut bconf = BlenderConfig::new(blender_dir, SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -77,6 +113,7 @@ pub async fn start(
     bconf.control_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     let blender = blender::start(bconf, shutdown.clone()).await?;
     let site = site::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone()).await?;
+    progress(Step::Blender);
     let mut jondos = Vec::new();
     for (i, password) in passwords.into_iter().enumerate() {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8));
@@ -110,16 +147,25 @@ pub async fn start(
             exit_ports: None,
         };
         jondos.push(jondo::start(jc, shutdown.clone()).await?);
+        progress(Step::Jondos(i + 1, config.jondos));
     }
     // Wait (bounded) until every jondo holds a document listing all of them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = usize::MAX;
     loop {
-        let ready = jondos.iter().all(|j| {
-            j.node
-                .crowd()
-                .is_some_and(|c| c.self_id.is_some() && c.doc.members.len() == config.jondos)
-        });
-        if ready {
+        let ready = jondos
+            .iter()
+            .filter(|j| {
+                j.node
+                    .crowd()
+                    .is_some_and(|c| c.self_id.is_some() && c.doc.members.len() == config.jondos)
+            })
+            .count();
+        if ready != last {
+            progress(Step::Forming(ready, config.jondos));
+            last = ready;
+        }
+        if ready == config.jondos {
             break;
         }
         if tokio::time::Instant::now() > deadline {

@@ -610,7 +610,19 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
         "starting a crowd of {} jondos (pf {}) on this machine…",
         args.jondos, args.pf
     );
-    let crowd = demo::start(&config, shutdown.clone()).await?;
+    // Progress on one rewritten line on a terminal, one line per step otherwise.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let show = move |step: demo::Step| {
+        if tty {
+            eprint!("\r\x1b[2K{step}");
+        } else {
+            eprintln!("{step}");
+        }
+    };
+    let crowd = demo::start_with_progress(&config, shutdown.clone(), &show).await?;
+    if tty {
+        eprintln!();
+    }
     let site = crowd.site.addr;
     let first = crowd.jondos[0].proxy_addr;
     if let Some(k) = args.requests {
