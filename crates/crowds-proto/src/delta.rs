@@ -10,7 +10,7 @@
 //! network.
 
 use crate::document::{
-    decode_body, signed_bytes, CrowdDocument, DocumentError, Envelope, Member, MAX_DOCUMENT_BYTES,
+    decode_body, decode_framed, signed_bytes, CrowdDocument, DocumentError, Envelope, Member,
     MAX_MEMBERS,
 };
 use crate::identity::PublicKey;
@@ -84,19 +84,7 @@ impl DocumentDelta {
 
     /// Decodes a delta (no signature check yet: see [`DocumentDelta::apply`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, DocumentError> {
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(DocumentError::TooLarge(bytes.len()));
-        }
-        let rest = bytes
-            .strip_prefix(&DELTA_MAGIC[..])
-            .ok_or(DocumentError::BadMagic)?;
-        let (delta, trailing) = postcard::take_from_bytes::<DocumentDelta>(rest)
-            .map_err(|e| DocumentError::Malformed(e.to_string()))?;
-        if !trailing.is_empty() {
-            return Err(DocumentError::Malformed(
-                "trailing bytes after delta".into(),
-            ));
-        }
+        let delta: DocumentDelta = decode_framed(bytes, DELTA_MAGIC, "delta")?;
         if delta.signature.len() != 64 {
             return Err(DocumentError::Malformed("signature is not 64 bytes".into()));
         }

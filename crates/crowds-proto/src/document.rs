@@ -186,24 +186,33 @@ impl Envelope {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DocumentError> {
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(DocumentError::TooLarge(bytes.len()));
-        }
-        let rest = bytes
-            .strip_prefix(&MAGIC[..])
-            .ok_or(DocumentError::BadMagic)?;
-        let (envelope, trailing) = postcard::take_from_bytes::<Envelope>(rest)
-            .map_err(|e| DocumentError::Malformed(e.to_string()))?;
-        if !trailing.is_empty() {
-            return Err(DocumentError::Malformed(
-                "trailing bytes after envelope".into(),
-            ));
-        }
+        let envelope: Envelope = decode_framed(bytes, MAGIC, "envelope")?;
         if envelope.signature.len() != 64 {
             return Err(DocumentError::Malformed("signature is not 64 bytes".into()));
         }
         Ok(envelope)
     }
+}
+
+/// Decodes `magic` followed by one postcard value and nothing else, at most
+/// [`MAX_DOCUMENT_BYTES`] in all.
+pub(crate) fn decode_framed<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    magic: &[u8],
+    what: &str,
+) -> Result<T, DocumentError> {
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(DocumentError::TooLarge(bytes.len()));
+    }
+    let rest = bytes.strip_prefix(magic).ok_or(DocumentError::BadMagic)?;
+    let (value, trailing) = postcard::take_from_bytes::<T>(rest)
+        .map_err(|e| DocumentError::Malformed(e.to_string()))?;
+    if !trailing.is_empty() {
+        return Err(DocumentError::Malformed(format!(
+            "trailing bytes after {what}"
+        )));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
