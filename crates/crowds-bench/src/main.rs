@@ -371,8 +371,9 @@ fn time_wait_by_address() -> std::collections::HashMap<Ipv4Addr, usize> {
 }
 
 /// Exits connect to servers from their own address with a fresh connection per
-/// request and close first, so each request leaves a TIME_WAIT socket holding one of
-/// that address's ephemeral ports for 60 s.
+/// request. They ask the server to close first (`Connection: close`); a request whose
+/// connection the exit closes first leaves a TIME_WAIT socket holding one of that
+/// address's ephemeral ports for 60 s, and this note counts them.
 fn time_wait_note(crowd_size: usize) -> String {
     let counts = time_wait_by_address();
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
