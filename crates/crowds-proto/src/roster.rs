@@ -279,14 +279,29 @@ impl Roster {
         self.leaving.clear();
         let timeout = self.config.heartbeat_timeout_ms;
         let pending = std::mem::take(&mut self.pending);
+        // Who holds each key now: one pass, not one per admitted member.
+        let mut holders: std::collections::HashMap<crate::identity::PublicKey, MemberId> = self
+            .members
+            .values()
+            .map(|e| (e.member.key, e.member.id))
+            .collect();
         for (id, entry) in pending {
             if now.saturating_sub(entry.last_seen) > timeout {
                 continue;
             }
             // A key may only belong to one member: drop any other holder.
-            self.members
-                .retain(|other, e| *other == id || e.member.key != entry.member.key);
-            self.members.insert(id, entry);
+            let key = entry.member.key;
+            if let Some(other) = holders.insert(key, id) {
+                if other != id {
+                    self.members.remove(&other);
+                }
+            }
+            if let Some(old) = self.members.insert(id, entry) {
+                // The member's previous key, if it changed, is no longer held by it.
+                if old.member.key != key && holders.get(&old.member.key) == Some(&id) {
+                    holders.remove(&old.member.key);
+                }
+            }
             self.admitted_at.insert(id, now);
         }
         self.epoch += 1;
@@ -431,5 +446,36 @@ mod tests {
         assert!(d.check().is_ok());
         let refreshed = r.document(500);
         assert_eq!((refreshed.epoch, refreshed.issued_at), (1, 500));
+    }
+
+    /// The one-pass key check admits exactly what the simple rule (drop every other
+    /// holder of an admitted key) admits.
+    #[test]
+    fn key_collisions_drop_the_older_holder() {
+        let mut r = Roster::new(config());
+        for id in 1..=4 {
+            r.handle_join(member(id), 0);
+        }
+        r.poll_epoch(0).expect("epoch 1");
+        // 5 joins with member 2's key, 3 moves to member 4's key, 1 re-keys to a fresh key.
+        let mut five = member(5);
+        five.key = member(2).key;
+        let mut three = member(3);
+        three.key = member(4).key;
+        let mut one = member(1);
+        one.key = PublicKey([99; 32]);
+        for (i, m) in [five, three, one].into_iter().enumerate() {
+            for id in 1..=5 {
+                r.handle_heartbeat(id, 30_000 + i as u64);
+            }
+            assert_eq!(r.handle_join(m, 30_000 + i as u64), JoinOutcome::Pending);
+        }
+        let d = r.poll_epoch(30_000).expect("epoch 2");
+        assert!(d.check().is_ok(), "{:?}", d.check());
+        assert_eq!(
+            d.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [1, 3, 5]
+        );
+        assert_eq!(d.member(1).map(|m| m.key), Some(PublicKey([99; 32])));
     }
 }
