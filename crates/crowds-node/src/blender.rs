@@ -464,7 +464,14 @@ async fn api(
             {
                 Ok(true) => {
                     state.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                    body::text(StatusCode::NO_CONTENT, "")
+                    let mut resp = body::text(StatusCode::NO_CONTENT, "");
+                    // The heartbeat hint is the same for every crowd (one timeout).
+                    if let Some(c) = state.crowds.values().next() {
+                        add_hints(&mut resp, &c.config, 0);
+                        resp.headers_mut()
+                            .remove(crowds_proto::api::POLL_HINT_HEADER);
+                    }
+                    resp
                 }
                 Ok(false) => error(StatusCode::FORBIDDEN, "not a member: join again"),
                 Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
@@ -478,6 +485,21 @@ async fn api(
     }
 }
 
+/// Adds the blender's suggested heartbeat and poll intervals for `config` to `resp`.
+fn add_hints(resp: &mut Response<Body>, config: &RosterConfig, members: usize) {
+    let (heartbeat, poll) = crowds_proto::api::suggested_intervals(
+        members,
+        config.heartbeat_timeout_ms,
+        config.join_interval_ms,
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        crowds_proto::api::HEARTBEAT_HINT_HEADER,
+        HeaderValue::from(heartbeat),
+    );
+    h.insert(crowds_proto::api::POLL_HINT_HEADER, HeaderValue::from(poll));
+}
+
 fn crowd(state: &State, name: &str, req: &Request<Incoming>) -> Response<Body> {
     let Some(crowd) = state.crowd(name) else {
         return error(
@@ -485,6 +507,18 @@ fn crowd(state: &State, name: &str, req: &Request<Incoming>) -> Response<Body> {
             "this blender does not serve that crowd",
         );
     };
+    let members = crowd
+        .published
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map_or(0, |p| p.document.members.len());
+    let mut resp = crowd_document(crowd, req);
+    add_hints(&mut resp, &crowd.config, members);
+    resp
+}
+
+fn crowd_document(crowd: &Crowd, req: &Request<Incoming>) -> Response<Body> {
     let published = crowd.published.read().unwrap_or_else(|p| p.into_inner());
     let Some(p) = published.as_ref() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no epoch published yet");

@@ -68,6 +68,8 @@ pub fn status(node: &Node) -> serde_json::Value {
         "probable_innocence_against": anonymity::max_collaborators(members, pf),
         "expected_path_length": (pf > 0.0).then(|| anonymity::expected_path_length(pf)),
         "blender_reachable": node.blender_reachable(),
+        "heartbeat_interval_ms": node.heartbeat_interval().as_millis() as u64,
+        "poll_interval_ms": node.poll_interval().as_millis() as u64,
         "uptime_s": now.saturating_sub(node.started_at()) / 1000,
         "in_crowd_s": node.admitted_since().map(|t| now.saturating_sub(t) / 1000),
         "in_flight": node.in_flight(),

@@ -139,6 +139,7 @@ pub async fn start_with_progress(
             allow_private_destinations: true,
             heartbeat_interval: Duration::from_secs(5),
             poll_interval: Duration::from_millis(500),
+            follow_blender_intervals: false,
             idle_timeout: Duration::from_secs(300),
             server_timeout: Duration::from_secs(60),
             keep_cookies: false,

@@ -84,6 +84,10 @@ pub struct JondoConfig {
     pub heartbeat_interval: Duration,
     /// How often to check for a new crowd document.
     pub poll_interval: Duration,
+    /// Follow the blender's suggested heartbeat and poll intervals (it scales them with
+    /// its heartbeat timeout and the crowd's size) instead of the two above; the
+    /// command line sets this when neither interval was given.
+    pub follow_blender_intervals: bool,
     /// Tunnels and response bodies idle this long are closed.
     pub idle_timeout: Duration,
     /// Time a server has to start its response.
@@ -126,6 +130,7 @@ impl JondoConfig {
             allow_private_destinations: false,
             heartbeat_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
+            follow_blender_intervals: false,
             idle_timeout: Duration::from_secs(300),
             server_timeout: Duration::from_secs(60),
             keep_cookies: false,
@@ -208,6 +213,10 @@ pub struct Node {
     exit: ExitConfig,
     /// Counters shown on the status port.
     pub stats: Stats,
+    /// Current heartbeat and poll intervals (ms), and whether blender hints may change them.
+    heartbeat_ms: AtomicU64,
+    poll_ms: AtomicU64,
+    follow_hints: bool,
     blender_ok: AtomicBool,
     started_at: u64,
     refresh: Notify,
@@ -236,6 +245,32 @@ impl Node {
     /// The crowd now, if a document is held.
     pub fn crowd(&self) -> Option<Arc<Crowd>> {
         self.crowd.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The interval between two heartbeats now.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+
+    /// The interval between two document polls now.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.load(Ordering::Relaxed))
+    }
+
+    /// Adopts the blender's suggested intervals from a reply, if this jondo follows them.
+    fn take_hints(&self, headers: &http::HeaderMap) {
+        if !self.follow_hints {
+            return;
+        }
+        use crowds_proto::api::{parse_hint, HEARTBEAT_HINT_HEADER, POLL_HINT_HEADER};
+        for (name, slot) in [
+            (HEARTBEAT_HINT_HEADER, &self.heartbeat_ms),
+            (POLL_HINT_HEADER, &self.poll_ms),
+        ] {
+            if let Some(ms) = headers.get(name).and_then(|v| parse_hint(v.as_bytes())) {
+                slot.store(ms, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether the blender answered the last call.
@@ -689,6 +724,9 @@ pub async fn start(
         },
         stats: Stats::default(),
         blender_ok: AtomicBool::new(true),
+        heartbeat_ms: AtomicU64::new(config.heartbeat_interval.as_millis() as u64),
+        poll_ms: AtomicU64::new(config.poll_interval.as_millis() as u64),
+        follow_hints: config.follow_blender_intervals,
         started_at: now_ms(),
         refresh: Notify::new(),
         adopted: tokio::sync::watch::channel(0).0,
@@ -774,7 +812,6 @@ pub async fn start(
     tasks.push(tokio::spawn(poll_documents(
         node.clone(),
         blender.clone(),
-        config.poll_interval,
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(heartbeat(
@@ -872,17 +909,13 @@ async fn serve_peer(node: Arc<Node>, acceptor: TlsAcceptor, stream: tokio::net::
     }
 }
 
-async fn poll_documents(
-    node: Arc<Node>,
-    blender: BlenderClient,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
+async fn poll_documents(node: Arc<Node>, blender: BlenderClient, shutdown: CancellationToken) {
     let mut etag: Option<HeaderValue> = None;
     let mut failures = 0u32;
     // After a delta that did not apply, the next fetch asks for the whole document.
     let mut whole = false;
     loop {
+        let every = node.poll_interval();
         let wait = if failures == 0 {
             every
         } else {
@@ -897,7 +930,11 @@ async fn poll_documents(
             .filter(|_| !whole)
             .map(|d| (d.epoch, d.issued_at));
         whole = false;
-        match blender.fetch_document(etag.as_ref(), have).await {
+        let fetched = blender.fetch_document(etag.as_ref(), have).await;
+        if let Ok(reply) = &fetched {
+            node.take_hints(&reply.headers);
+        }
+        match fetched {
             Ok(reply) if reply.status == StatusCode::OK => {
                 failures = 0;
                 node.blender_ok.store(true, Ordering::Relaxed);
@@ -970,12 +1007,15 @@ async fn heartbeat(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(jitter(config.heartbeat_interval)) => {}
+            _ = tokio::time::sleep(jitter(node.heartbeat_interval())) => {}
         }
-        match blender
+        let sent = blender
             .call(Method::POST, "/v1/heartbeat", None, None)
-            .await
-        {
+            .await;
+        if let Ok(reply) = &sent {
+            node.take_hints(&reply.headers);
+        }
+        match sent {
             Ok(r) if r.status == StatusCode::FORBIDDEN => {
                 // The blender dropped us (we were silent, or it lost state): join again.
                 tracing::warn!("the blender no longer lists this jondo; joining again");

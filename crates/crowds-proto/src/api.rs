@@ -38,6 +38,40 @@ pub fn parse_have(value: &str) -> Option<(u64, u64)> {
     Some((epoch.parse().ok()?, issued.parse().ok()?))
 }
 
+/// Response header of `GET /v1/crowd` and `POST /v1/heartbeat`: how often (ms) the
+/// blender would like heartbeats, so a crowd's operator sets one heartbeat timeout and
+/// jondos that were not told otherwise follow it.
+pub const HEARTBEAT_HINT_HEADER: &str = "crowds-heartbeat-ms";
+/// Response header of the same calls: how often (ms) the blender would like document
+/// polls; it grows with the crowd, so big crowds do not flood their blender.
+pub const POLL_HINT_HEADER: &str = "crowds-poll-ms";
+/// Shortest interval a hint may ask for.
+pub const MIN_HINT_MS: u64 = 1_000;
+/// Longest interval a hint may ask for.
+pub const MAX_HINT_MS: u64 = 3_600_000;
+
+/// The intervals a blender suggests (heartbeat, poll), in ms: six heartbeats per
+/// heartbeat timeout; one poll per second per thousand members (at least every second),
+/// but never rarer than twice per join interval, so jondos still adopt a new epoch
+/// within about half a join interval of each other.
+pub fn suggested_intervals(
+    members: usize,
+    heartbeat_timeout_ms: u64,
+    join_interval_ms: u64,
+) -> (u64, u64) {
+    let heartbeat = (heartbeat_timeout_ms / 6).clamp(MIN_HINT_MS, MAX_HINT_MS);
+    let ceiling = (join_interval_ms / 2).clamp(MIN_HINT_MS, MAX_HINT_MS);
+    let poll = (members as u64).clamp(MIN_HINT_MS, ceiling);
+    (heartbeat, poll)
+}
+
+/// Parses a hint header's value; `None` for garbage or values outside
+/// [`MIN_HINT_MS`]..=[`MAX_HINT_MS`].
+pub fn parse_hint(value: &[u8]) -> Option<u64> {
+    let ms: u64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
+    (MIN_HINT_MS..=MAX_HINT_MS).contains(&ms).then_some(ms)
+}
+
 /// The answer to a join.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JoinResponse {
@@ -113,5 +147,26 @@ mod tests {
             !debug.contains("\"p\""),
             "the password shows in Debug: {debug}"
         );
+    }
+
+    #[test]
+    fn interval_hints_scale_and_parse_strictly() {
+        // Defaults (30 s timeout and join interval): 5 s heartbeats, 1 s polls.
+        assert_eq!(suggested_intervals(20, 30_000, 30_000), (5_000, 1_000));
+        // 10,000 members: polls every 10 s; a 5 min timeout gives 50 s heartbeats.
+        assert_eq!(
+            suggested_intervals(10_000, 300_000, 30_000),
+            (50_000, 10_000)
+        );
+        // Never rarer than half a join interval, never below a second.
+        assert_eq!(
+            suggested_intervals(50_000, 300_000, 30_000),
+            (50_000, 15_000)
+        );
+        assert_eq!(suggested_intervals(0, 100, 100), (1_000, 1_000));
+        assert_eq!(parse_hint(b"5000"), Some(5_000));
+        for bad in [&b"999"[..], b"3600001", b"-1", b"5s", b"", b"\xff"] {
+            assert_eq!(parse_hint(bad), None, "{bad:?}");
+        }
     }
 }

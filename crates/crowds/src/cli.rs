@@ -247,11 +247,13 @@ struct JondoArgs {
     #[arg(long, env = "CROWDS_ALLOW_PRIVATE_DESTINATIONS")]
     #[serde(default)]
     allow_private_destinations: bool,
-    /// Heartbeat interval [default: 5s].
+    /// Heartbeat interval [default: as the blender suggests, 5s with its defaults;
+    /// giving this or --poll-interval turns the blender's suggestions off].
     #[arg(long, env = "CROWDS_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     heartbeat_interval: Option<Duration>,
-    /// How often to check for a new crowd document [default: 1s].
+    /// How often to check for a new crowd document [default: as the blender suggests:
+    /// 1s, and longer in crowds of more than 1000 members].
     #[arg(long, env = "CROWDS_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     poll_interval: Option<Duration>,
@@ -542,6 +544,12 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8119))),
         allow_private_destinations: flags.allow_private_destinations
             || file.allow_private_destinations,
+        follow_blender_intervals: flags
+            .heartbeat_interval
+            .or(file.heartbeat_interval)
+            .or(flags.poll_interval)
+            .or(file.poll_interval)
+            .is_none(),
         heartbeat_interval: flags
             .heartbeat_interval
             .or(file.heartbeat_interval)
@@ -843,14 +851,17 @@ fn init(args: InitArgs) -> Result<()> {
     );
     line(
         &mut out,
-        "How often to tell the blender this jondo is alive.",
+        "How often to tell the blender this jondo is alive. Unset (with poll_interval\n\
+         # unset too): as the blender suggests (5s with its defaults, more with a longer\n\
+         # heartbeat timeout). Setting either turns the blender's suggestions off.",
         "heartbeat_interval",
         toml_value(&dur(&j.heartbeat_interval)),
         "\"5s\"",
     );
     line(
         &mut out,
-        "How often to check for a new crowd document.",
+        "How often to check for a new crowd document. Unset: as the blender suggests\n\
+         # (1s, and one second per thousand members in bigger crowds).",
         "poll_interval",
         toml_value(&dur(&j.poll_interval)),
         "\"1s\"",

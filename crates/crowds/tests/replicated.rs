@@ -509,3 +509,75 @@ async fn named_crowds_are_separate() {
     assert_eq!(named.members, slow.members);
     assert!(fetch(&f1, "/v1/crowd/unserved").await.is_err());
 }
+
+/// Jondos started without interval flags follow the blender's suggestions (one heartbeat
+/// timeout set by the operator scales every member's heartbeats); a jondo given an
+/// interval keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jondos_follow_the_blenders_interval_hints_unless_told() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let blender_dir = dir.path().join("blender");
+    let logs = dir.path().join("logs");
+    let addr = addr_on(Ipv4Addr::new(127, 0, 3, 7));
+    account_add(&blender_dir, "follower", "pw");
+    account_add(&blender_dir, "own", "pw");
+    let (_blender, key_path) = start_blender_at(
+        "blender",
+        addr,
+        &blender_dir,
+        &logs,
+        &["--heartbeat-timeout", "60s"],
+    )
+    .await;
+    let mut jondos = Vec::new();
+    for (i, (account, extra)) in [
+        ("follower", &[][..]),
+        ("own", &["--poll-interval", "300ms"][..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let password_file = dir.path().join(format!("{account}.password"));
+        write_file_mode(&password_file, "pw\n", 0o600);
+        let ip = Ipv4Addr::new(127, 0, 3, 20 + i as u8);
+        let at = |_: usize| SocketAddr::new(IpAddr::V4(ip), free_port(ip));
+        let control = at(3);
+        let data_dir = dir.path().join(account);
+        let proc = spawn_jondo(&JondoSpec {
+            name: account,
+            data_dir: &data_dir,
+            blender: addr,
+            blender_key: &key_path,
+            account,
+            password_file: &password_file,
+            peer: at(0),
+            proxy: at(1),
+            socks: at(2),
+            control,
+            allow_private: true,
+            extra,
+            log_dir: &logs,
+        });
+        jondos.push((proc, control));
+    }
+    let expect = [(10_000, 1_000), (5_000, 300)];
+    for ((_, control), (heartbeat, poll)) in jondos.iter().zip(expect) {
+        let control = *control;
+        eventually(
+            "the jondo's intervals",
+            Duration::from_secs(30),
+            || async move {
+                let s = status_of(control).await?;
+                if s["heartbeat_interval_ms"] == heartbeat && s["poll_interval_ms"] == poll {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "heartbeat {} poll {} (want {heartbeat} {poll})",
+                        s["heartbeat_interval_ms"], s["poll_interval_ms"]
+                    ))
+                }
+            },
+        )
+        .await;
+    }
+}
