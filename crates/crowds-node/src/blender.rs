@@ -467,9 +467,7 @@ async fn api(
                     let mut resp = body::text(StatusCode::NO_CONTENT, "");
                     // The heartbeat hint is the same for every crowd (one timeout).
                     if let Some(c) = state.crowds.values().next() {
-                        add_hints(&mut resp, &c.config, 0);
-                        resp.headers_mut()
-                            .remove(crowds_proto::api::POLL_HINT_HEADER);
+                        add_hints(&mut resp, &c.config, None);
                     }
                     resp
                 }
@@ -485,10 +483,11 @@ async fn api(
     }
 }
 
-/// Adds the blender's suggested heartbeat and poll intervals for `config` to `resp`.
-fn add_hints(resp: &mut Response<Body>, config: &RosterConfig, members: usize) {
+/// Adds the blender's suggested heartbeat interval for `config` to `resp`, and the poll
+/// interval when the crowd's size is known (`members`).
+fn add_hints(resp: &mut Response<Body>, config: &RosterConfig, members: Option<usize>) {
     let (heartbeat, poll) = crowds_proto::api::suggested_intervals(
-        members,
+        members.unwrap_or(0),
         config.heartbeat_timeout_ms,
         config.join_interval_ms,
     );
@@ -497,7 +496,9 @@ fn add_hints(resp: &mut Response<Body>, config: &RosterConfig, members: usize) {
         crowds_proto::api::HEARTBEAT_HINT_HEADER,
         HeaderValue::from(heartbeat),
     );
-    h.insert(crowds_proto::api::POLL_HINT_HEADER, HeaderValue::from(poll));
+    if members.is_some() {
+        h.insert(crowds_proto::api::POLL_HINT_HEADER, HeaderValue::from(poll));
+    }
 }
 
 fn crowd(state: &State, name: &str, req: &Request<Incoming>) -> Response<Body> {
@@ -514,7 +515,7 @@ fn crowd(state: &State, name: &str, req: &Request<Incoming>) -> Response<Body> {
         .as_ref()
         .map_or(0, |p| p.document.members.len());
     let mut resp = crowd_document(crowd, req);
-    add_hints(&mut resp, &crowd.config, members);
+    add_hints(&mut resp, &crowd.config, Some(members));
     resp
 }
 
