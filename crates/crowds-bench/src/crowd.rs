@@ -113,9 +113,12 @@ pub struct Crowd {
     pub jondos: Vec<RunningJondo>,
     blender: Blender,
     shutdown: CancellationToken,
+    /// Each jondo on a thread and runtime of its own.
+    own_threads: bool,
 }
 
-/// Starts a blender with `n + spare` accounts and `n` jondos in this process and waits
+/// Starts a blender with `n + spare` accounts and `n` jondos in this process (each on a
+/// thread of its own if `own_threads`, see [`crate::own_thread`]) and waits
 /// until every jondo holds a document listing all of them. Each spare account lets one
 /// more member join later ([`Crowd::add_member`]), which re-forms every path.
 pub async fn start_in_process(
@@ -123,6 +126,7 @@ pub async fn start_in_process(
     spare: usize,
     pf: f64,
     shutdown: CancellationToken,
+    own_threads: bool,
 ) -> Result<Crowd> {
     anyhow::ensure!(
         (1..=200).contains(&(n + spare)),
@@ -133,6 +137,7 @@ pub async fn start_in_process(
         jondos: Vec::new(),
         blender,
         shutdown,
+        own_threads,
     };
     for _ in 0..n {
         crowd.start_jondo().await?;
@@ -158,8 +163,18 @@ impl Crowd {
             password,
             jondo_ip(i),
         );
-        self.jondos
-            .push(jondo::start(config, self.shutdown.clone()).await?);
+        let shutdown = self.shutdown.clone();
+        let jondo = if self.own_threads {
+            let name = format!("jondo{}", i + 1);
+            let runtime = jondo::runtime(1);
+            crate::own_thread::start(&name, runtime, shutdown.clone(), || async {
+                Ok(jondo::start(config, shutdown).await?)
+            })
+            .await?
+        } else {
+            jondo::start(config, shutdown).await?
+        };
+        self.jondos.push(jondo);
         Ok(())
     }
 
@@ -337,13 +352,11 @@ pub struct ProcessArgs {
 /// Longest life of a child jondo process (it stops earlier when its stdin closes).
 const CHILD_MAX_LIFE: Duration = Duration::from_secs(3600);
 
-/// Body of `crowds-bench jondo-process`: one jondo in this process, the same runtime as
-/// the `crowds` binary (multi-threaded tokio). Prints `READY <proxy address>` once
-/// admitted, then serves until standard input closes.
+/// Body of `crowds-bench jondo-process`: one jondo in this process, on the runtime
+/// `crowds jondo` uses by default. Prints `READY <proxy address>` once admitted, then
+/// serves until standard input closes.
 pub fn run_process(args: ProcessArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = jondo::runtime(1)?;
     runtime.block_on(async move {
         let password = std::env::var(PASSWORD_VAR).context(PASSWORD_VAR)?;
         let blender_key =

@@ -17,6 +17,7 @@
 
 mod client;
 mod crowd;
+mod own_thread;
 mod proxies;
 mod relays;
 mod report;
@@ -66,6 +67,10 @@ struct Cli {
     /// experiments on where per-hop latency goes.
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Run every relay and every jondo on this process's shared runtime instead of each
+    /// on a runtime and thread of its own (as hops on separate hosts run).
+    #[arg(long)]
+    shared_runtime: bool,
     /// Path length (jondos) of the requests in the memory section.
     #[arg(long, default_value_t = 3)]
     memory_path: usize,
@@ -101,6 +106,9 @@ pub struct Settings {
     pub load_seconds: f64,
     /// Jondos of the in-process crowd.
     pub crowd_size: usize,
+    /// Each relay and in-process jondo on a runtime and thread of its own (as on
+    /// separate hosts), rather than all on the harness's shared runtime.
+    pub hop_threads: bool,
     /// Origin instances (each serves at most 256 connections at once).
     pub origins: usize,
     /// The crowd's pf.
@@ -303,6 +311,7 @@ fn settings(cli: &Cli) -> Settings {
         streams: cli.streams.unwrap_or(if quick { 100 } else { 1000 }),
         load_seconds: if quick { 2.0 } else { 5.0 },
         crowd_size: 8,
+        hop_threads: !cli.shared_runtime,
         origins: 4,
         pf: 0.75,
         pf_epochs: if quick { 2 } else { 4 },
@@ -570,7 +579,16 @@ async fn run(cli: Cli) -> Result<()> {
             "starting a crowd of {} jondos (127.0.0.2..) and its blender",
             s.crowd_size
         ));
-        Some(crowd::start_in_process(s.crowd_size, s.pf_epochs, s.pf, shutdown.clone()).await?)
+        Some(
+            crowd::start_in_process(
+                s.crowd_size,
+                s.pf_epochs,
+                s.pf,
+                shutdown.clone(),
+                s.hop_threads,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -706,7 +724,9 @@ async fn paths(
             let ips: Vec<IpAddr> = (0..k)
                 .map(|i| IpAddr::V4(Ipv4Addr::new(127, base, k as u8, 1 + i as u8)))
                 .collect();
-            let entry = relays::start_chain(kind, &ips, origin, shutdown.child_token()).await?;
+            let entry =
+                relays::start_chain(kind, &ips, origin, shutdown.child_token(), s.hop_threads)
+                    .await?;
             let target = Target::transparent(entry, origin);
             ways.push(Way {
                 name: format!("{} relays", label.to_uppercase()),
@@ -1172,7 +1192,7 @@ mod tests {
             let ips: Vec<IpAddr> = (0..3)
                 .map(|i| IpAddr::V4(Ipv4Addr::new(127, base, 0, 1 + i)))
                 .collect();
-            let entry = relays::start_chain(kind, &ips, site.addr, shutdown.clone())
+            let entry = relays::start_chain(kind, &ips, site.addr, shutdown.clone(), true)
                 .await
                 .expect("chain");
             let target = Target::transparent(entry, site.addr);

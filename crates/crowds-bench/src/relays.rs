@@ -105,13 +105,14 @@ async fn spawn_relay(
     Ok(addr)
 }
 
-/// Starts a chain of `k` relays on `ips[0..k]` ending at `origin`; returns the address
-/// the client connects to.
+/// Starts a chain of `k` relays on `ips[0..k]` ending at `origin`, each on a thread of
+/// its own if `own_threads`; returns the address the client connects to.
 pub async fn start_chain(
     kind: Kind,
     ips: &[IpAddr],
     origin: SocketAddr,
     shutdown: CancellationToken,
+    own_threads: bool,
 ) -> Result<SocketAddr> {
     let k = ips.len();
     anyhow::ensure!(k >= 1, "a chain needs at least one relay");
@@ -127,7 +128,17 @@ pub async fn start_chain(
         } else {
             Inbound::Plain
         };
-        entry = spawn_relay(ips[i], inbound.clone(), next, shutdown.clone()).await?;
+        let (ip, inb, token) = (ips[i], inbound.clone(), shutdown.clone());
+        entry = if own_threads {
+            let name = format!("relay{}", i + 1);
+            let runtime = crate::own_thread::current_thread();
+            crate::own_thread::start(&name, runtime, shutdown.clone(), move || {
+                spawn_relay(ip, inb, next, token)
+            })
+            .await?
+        } else {
+            spawn_relay(ip, inb, next, token).await?
+        };
         next = match inbound {
             Inbound::Plain => Outbound::Plain(entry),
             Inbound::Tls(_) => {

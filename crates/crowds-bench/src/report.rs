@@ -205,7 +205,7 @@ pub fn table(r: &Results) -> String {
     let ks: Vec<String> = s.ks.iter().map(|k| k.to_string()).collect();
     let _ = writeln!(
         o,
-        "settings: {} requests per latency series (+{} warm-up), {mib} MiB transfers (best of {}), k = {}, {} streams, {} s per load run, crowd of {} jondos, pf = {}",
+        "settings: {} requests per latency series (+{} warm-up), {mib} MiB transfers (best of {}), k = {}, {} streams, {} s per load run, crowd of {} jondos, pf = {}; {}",
         s.requests,
         s.warmup,
         s.transfer_runs,
@@ -213,7 +213,12 @@ pub fn table(r: &Results) -> String {
         s.streams,
         s.load_seconds,
         s.crowd_size,
-        s.pf
+        s.pf,
+        if s.hop_threads {
+            "each relay and jondo on a thread and runtime of its own"
+        } else {
+            "relays and in-process jondos on the harness's shared runtime"
+        }
     );
     if !r.paths.is_empty() {
         let _ = writeln!(

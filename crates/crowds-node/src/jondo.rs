@@ -660,6 +660,30 @@ impl RunningJondo {
     }
 }
 
+/// The tokio runtime a jondo process runs on, with `threads` worker threads.
+///
+/// One thread (the default of `crowds jondo`) is a current-thread runtime: a relayed
+/// request passes through several tasks at each jondo (the peer connection, the stream,
+/// the outgoing link), and on one thread each hand-off is a push onto a local queue
+/// instead of a wake-up of another worker. That costs 10-15 % less CPU per relayed
+/// request (see BENCHMARKS.md), and one core moves far more than a home connection
+/// carries. More threads spread TLS work over cores for a busy exit; 0 means one
+/// per core.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
+
 /// Starts a jondo: binds its ports, joins the crowd, and serves until `shutdown`.
 pub async fn start(
     config: JondoConfig,
@@ -1140,5 +1164,26 @@ impl Node {
     #[cfg(feature = "measure")]
     pub fn reform_own_path(&self) {
         lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn threads_choose_the_runtime() {
+        let built = |n| super::runtime(n).expect("runtime");
+        assert_eq!(
+            built(1).handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        let two = built(2);
+        assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(two.metrics().num_workers(), 2);
+        assert_eq!(
+            built(0).handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
     }
 }

@@ -284,6 +284,10 @@ struct JondoArgs {
     #[arg(long, env = "CROWDS_SERVER_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     server_timeout: Option<Duration>,
+    /// Worker threads: 1 runs the jondo on one thread, the cheapest per relayed request;
+    /// more let a busy exit spread TLS over cores; 0 means one per core [default: 1].
+    #[arg(long, env = "CROWDS_THREADS")]
+    threads: Option<usize>,
 }
 
 mod opt_duration {
@@ -361,14 +365,24 @@ pub fn init_logging(cli: &Cli) {
     }
 }
 
-/// Runs the parsed command.
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs the parsed command: a jondo on as many threads as its settings say (see
+/// [`jondo::runtime`]), the blender and the demo on one worker per core, and the rest
+/// without a runtime.
+pub fn run(cli: Cli) -> Result<()> {
+    let multi_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
-        // Off the async threads: the PostgreSQL client runs its own small runtime.
-        Command::Account(cmd) => tokio::task::spawn_blocking(move || account(cmd)).await?,
-        Command::Blender(args) => run_blender(args).await,
-        Command::Jondo(args) => run_jondo(*args).await,
-        Command::Demo(args) => run_demo(args).await,
+        Command::Jondo(args) => {
+            let (config, threads) = merge(*args)?;
+            jondo::runtime(threads)?.block_on(run_jondo(config))
+        }
+        Command::Blender(args) => multi_thread()?.block_on(run_blender(args)),
+        Command::Demo(args) => multi_thread()?.block_on(run_demo(args)),
+        // The PostgreSQL client runs a small runtime of its own, so none here.
+        Command::Account(cmd) => account(cmd),
         Command::Init(args) => init(*args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -489,7 +503,8 @@ async fn run_blender(args: BlenderArgs) -> Result<()> {
     Ok(())
 }
 
-fn merge(flags: JondoArgs) -> Result<JondoConfig> {
+/// The jondo's settings from flags, environment and config file, and its thread count.
+fn merge(flags: JondoArgs) -> Result<(JondoConfig, usize)> {
     let config_path = flags
         .config
         .clone()
@@ -582,11 +597,10 @@ fn merge(flags: JondoArgs) -> Result<JondoConfig> {
             );
         }
     }
-    Ok(config)
+    Ok((config, flags.threads.or(file.threads).unwrap_or(1)))
 }
 
-async fn run_jondo(args: JondoArgs) -> Result<()> {
-    let config = merge(args)?;
+async fn run_jondo(config: JondoConfig) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let running = match jondo::start(config, shutdown.clone()).await {
         Ok(r) => r,
@@ -880,6 +894,14 @@ fn init(args: InitArgs) -> Result<()> {
         toml_value(&dur(&j.server_timeout)),
         "\"60s\"",
     );
+    line(
+        &mut out,
+        "Worker threads: 1 is the cheapest per relayed request; more let a busy exit\n\
+         # spread TLS over cores; 0 means one per core.",
+        "threads",
+        j.threads.map(|n| n.to_string()),
+        "1",
+    );
     // The file must parse as a config before it is written.
     toml::from_str::<JondoArgs>(&out)
         .map_err(|e| anyhow!("internal error: generated config does not parse: {e}"))?;
@@ -925,6 +947,7 @@ keep_cookies = false
 no_prefetch = false
 strip_active_content = true
 allow_private_destinations = false
+threads = 2
 "#;
 
     fn parse(text: &str) -> Result<JondoArgs, String> {
@@ -945,6 +968,7 @@ allow_private_destinations = false
         );
         assert_eq!(args.heartbeat_interval, Some(Duration::from_secs(5)));
         assert!(args.strip_active_content);
+        assert_eq!(args.threads, Some(2));
         let one = parse("blender = \"a:1\"").expect("one blender");
         assert_eq!(one.blender, Some(vec!["a:1".to_string()]));
     }
@@ -958,6 +982,7 @@ allow_private_destinations = false
             ("exit_ports = \"80,http\"", "exit_ports"),
             ("blender = 7", "blender"),
             ("account = ", "account"),
+            ("threads = -1", "threads"),
         ] {
             let err = parse(text).expect_err(text);
             assert!(err.contains(expect), "{text:?}: {err}");

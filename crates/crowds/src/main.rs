@@ -14,12 +14,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(&args);
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(cli::run(args)));
-    match result {
+    match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (e.g. `crowds manpage | head`) is not an error worth a word.

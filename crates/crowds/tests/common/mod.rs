@@ -493,7 +493,9 @@ impl Crowd {
                 socks,
                 control,
                 allow_private: true,
-                extra: &[],
+                // The default is one thread; the last jondo runs on two, so crowds
+                // mixing both runtimes are tested too.
+                extra: if i + 1 == n { &["--threads", "2"] } else { &[] },
                 log_dir: &logs,
             });
             jondos.push(Jondo {
