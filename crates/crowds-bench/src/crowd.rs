@@ -113,12 +113,14 @@ pub struct Crowd {
     pub jondos: Vec<RunningJondo>,
     blender: Blender,
     shutdown: CancellationToken,
-    /// Each jondo on a thread and runtime of its own.
-    own_threads: bool,
+    /// Each jondo on a thread and a runtime of its own with this many workers
+    /// ([`jondo::runtime`]), or all on the caller's runtime (`None`).
+    own_threads: Option<usize>,
 }
 
 /// Starts a blender with `n + spare` accounts and `n` jondos in this process (each on a
-/// thread of its own if `own_threads`, see [`crate::own_thread`]) and waits
+/// thread and a runtime of `own_threads` workers of its own if given, see
+/// [`crate::own_thread`]) and waits
 /// until every jondo holds a document listing all of them. Each spare account lets one
 /// more member join later ([`Crowd::add_member`]), which re-forms every path.
 pub async fn start_in_process(
@@ -126,7 +128,7 @@ pub async fn start_in_process(
     spare: usize,
     pf: f64,
     shutdown: CancellationToken,
-    own_threads: bool,
+    own_threads: Option<usize>,
 ) -> Result<Crowd> {
     anyhow::ensure!(
         (1..=200).contains(&(n + spare)),
@@ -164,9 +166,9 @@ impl Crowd {
             jondo_ip(i),
         );
         let shutdown = self.shutdown.clone();
-        let jondo = if self.own_threads {
+        let jondo = if let Some(threads) = self.own_threads {
             let name = format!("jondo{}", i + 1);
-            let runtime = jondo::runtime(1);
+            let runtime = jondo::runtime(threads);
             crate::own_thread::start(&name, runtime, shutdown.clone(), || async {
                 Ok(jondo::start(config, shutdown).await?)
             })
@@ -246,8 +248,8 @@ impl ChildJondo {
     }
 }
 
-/// Starts jondo `i` of `blender` (peer port on `ip`) as a child process of this very
-/// binary; `path_length` (for requests it initiates; 1 if `None`) goes into its
+/// Starts jondo `i` of `blender` (peer port on `ip`, a runtime of `threads` workers) as a
+/// child process of this very binary; `path_length` (for requests it initiates; 1 if `None`) goes into its
 /// environment. It reports ready (see
 /// [`StartingJondo::ready`]) once the crowd lists `members` members.
 pub fn spawn_child(
@@ -256,6 +258,7 @@ pub fn spawn_child(
     ip: IpAddr,
     members: usize,
     path_length: Option<usize>,
+    threads: usize,
 ) -> Result<StartingJondo> {
     let (account, password) = &blender.accounts[i];
     let exe = std::env::current_exe().context("locate this executable")?;
@@ -273,6 +276,8 @@ pub fn spawn_child(
         .arg(ip.to_string())
         .arg("--members")
         .arg(members.to_string())
+        .arg("--threads")
+        .arg(threads.to_string())
         .env(PASSWORD_VAR, password)
         // A relaying jondo obeys the bench hop header only when its own process was
         // started for benchmarking (the variable is set); only an initiator reads its
@@ -347,16 +352,19 @@ pub struct ProcessArgs {
     /// Report ready once the crowd lists this many members.
     #[arg(long)]
     pub members: usize,
+    /// Worker threads, as `crowds jondo --threads`.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// Longest life of a child jondo process (it stops earlier when its stdin closes).
 const CHILD_MAX_LIFE: Duration = Duration::from_secs(3600);
 
 /// Body of `crowds-bench jondo-process`: one jondo in this process, on the runtime
-/// `crowds jondo` uses by default. Prints `READY <proxy address>` once admitted, then
+/// `crowds jondo --threads N` uses. Prints `READY <proxy address>` once admitted, then
 /// serves until standard input closes.
 pub fn run_process(args: ProcessArgs) -> Result<()> {
-    let runtime = jondo::runtime(1)?;
+    let runtime = jondo::runtime(args.threads)?;
     runtime.block_on(async move {
         let password = std::env::var(PASSWORD_VAR).context(PASSWORD_VAR)?;
         let blender_key =

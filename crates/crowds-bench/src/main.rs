@@ -71,6 +71,10 @@ struct Cli {
     /// on a runtime and thread of its own (as hops on separate hosts run).
     #[arg(long)]
     shared_runtime: bool,
+    /// Worker threads of each jondo on a thread of its own and of each jondo process,
+    /// as `crowds jondo --threads N` (1, the default, is a current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    jondo_threads: usize,
     /// Path length (jondos) of the requests in the memory section.
     #[arg(long, default_value_t = 3)]
     memory_path: usize,
@@ -109,6 +113,8 @@ pub struct Settings {
     /// Each relay and in-process jondo on a runtime and thread of its own (as on
     /// separate hosts), rather than all on the harness's shared runtime.
     pub hop_threads: bool,
+    /// Worker threads of each jondo running on a runtime of its own.
+    pub jondo_threads: usize,
     /// Origin instances (each serves at most 256 connections at once).
     pub origins: usize,
     /// The crowd's pf.
@@ -312,6 +318,7 @@ fn settings(cli: &Cli) -> Settings {
         load_seconds: if quick { 2.0 } else { 5.0 },
         crowd_size: 8,
         hop_threads: !cli.shared_runtime,
+        jondo_threads: cli.jondo_threads,
         origins: 4,
         pf: 0.75,
         pf_epochs: if quick { 2 } else { 4 },
@@ -585,7 +592,7 @@ async fn run(cli: Cli) -> Result<()> {
                 s.pf_epochs,
                 s.pf,
                 shutdown.clone(),
-                s.hop_threads,
+                s.hop_threads.then_some(s.jondo_threads),
             )
             .await?,
         )
@@ -1027,7 +1034,14 @@ async fn memory(
     for i in 0..JONDOS {
         let ip = crowd::jondo_ip(20 + i);
         let path = (i == 0).then_some(path_jondos);
-        starting.push(crowd::spawn_child(&blender, i, ip, JONDOS, path)?);
+        starting.push(crowd::spawn_child(
+            &blender,
+            i,
+            ip,
+            JONDOS,
+            path,
+            s.jondo_threads,
+        )?);
     }
     let mut children = Vec::new();
     for c in starting {

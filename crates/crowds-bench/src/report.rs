@@ -205,7 +205,7 @@ pub fn table(r: &Results) -> String {
     let ks: Vec<String> = s.ks.iter().map(|k| k.to_string()).collect();
     let _ = writeln!(
         o,
-        "settings: {} requests per latency series (+{} warm-up), {mib} MiB transfers (best of {}), k = {}, {} streams, {} s per load run, crowd of {} jondos, pf = {}; {}",
+        "settings: {} requests per latency series (+{} warm-up), {mib} MiB transfers (best of {}), k = {}, {} streams, {} s per load run, crowd of {} jondos, pf = {}; {}; jondos on {} thread(s) each (--jondo-threads)",
         s.requests,
         s.warmup,
         s.transfer_runs,
@@ -218,7 +218,8 @@ pub fn table(r: &Results) -> String {
             "each relay and jondo on a thread and runtime of its own"
         } else {
             "relays and in-process jondos on the harness's shared runtime"
-        }
+        },
+        s.jondo_threads
     );
     if !r.paths.is_empty() {
         let _ = writeln!(
