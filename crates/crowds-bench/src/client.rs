@@ -1,7 +1,8 @@
 //! The client side of every measurement: a hyper HTTP/1.1 client.
 //!
 //! Small GETs (`/whoami`) for latency, a fresh TCP connection per request or one
-//! keep-alive connection; `/blob/N` downloads for throughput (every frame's first byte
+//! keep-alive connection (through a proxy either in proxy form or inside a `CONNECT`
+//! tunnel, as a browser sends HTTPS); `/blob/N` downloads for throughput (every frame's first byte
 //! is checked against the origin's pattern, and the length must match); and many
 //! concurrent clients for load. Every request has a timeout and every loop a bound in
 //! count and time.
@@ -35,6 +36,8 @@ pub struct Target {
     pub origin: SocketAddr,
     /// Proxy form (absolute URI) rather than origin form.
     pub proxy: bool,
+    /// Through a `CONNECT` tunnel opened at `connect` (requests in origin form inside).
+    pub tunnel: bool,
 }
 
 impl Target {
@@ -44,6 +47,7 @@ impl Target {
             connect,
             origin,
             proxy: false,
+            tunnel: false,
         }
     }
 
@@ -53,6 +57,17 @@ impl Target {
             connect: proxy,
             origin,
             proxy: true,
+            tunnel: false,
+        }
+    }
+
+    /// Inside a `CONNECT` tunnel through an HTTP proxy, one tunnel per connection.
+    pub fn tunnel(proxy: SocketAddr, origin: SocketAddr) -> Self {
+        Self {
+            connect: proxy,
+            origin,
+            proxy: false,
+            tunnel: true,
         }
     }
 
@@ -75,11 +90,44 @@ pub async fn connect(target: &Target) -> Result<Sender> {
         .map_err(|_| anyhow!("connect to {} timed out", target.connect))?
         .with_context(|| format!("connect to {}", target.connect))?;
     stream.set_nodelay(true)?;
+    let stream = if target.tunnel {
+        tokio::time::timeout(REQUEST_TIMEOUT, open_tunnel(stream, target.origin))
+            .await
+            .map_err(|_| anyhow!("CONNECT through {} timed out", target.connect))??
+    } else {
+        stream
+    };
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// Sends `CONNECT origin` on `stream` and reads the proxy's answer up to the end of its
+/// head; the stream then carries the tunnel.
+async fn open_tunnel(mut stream: TcpStream, origin: SocketAddr) -> Result<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    // Byte by byte, so nothing after the head (the tunnel's first bytes) is consumed.
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        if got.len() > 8192 {
+            bail!("CONNECT answer head longer than 8 KiB");
+        }
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            bail!("proxy closed the connection during CONNECT");
+        }
+        got.push(byte[0]);
+    }
+    let status_line = String::from_utf8_lossy(&got);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        bail!("CONNECT refused: {status_line}");
+    }
+    Ok(stream)
 }
 
 /// One small GET on `sender`; the whole body is read. Returns the body length.

@@ -59,7 +59,7 @@ struct Cli {
     /// Sections to run (default all): paths, load, memory, scale.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
-    /// Ways to measure in the paths section (default all): direct, tcp, tls, crowd,
+    /// Ways to measure in the paths section (default all): direct, tcp, tls, crowd, tunnel,
     /// pf, proxies.
     #[arg(long, value_delimiter = ',')]
     ways: Option<Vec<String>>,
@@ -137,7 +137,7 @@ pub struct Settings {
 pub struct PathRow {
     /// Display name.
     pub name: String,
-    /// "direct", "tcp", "tls", "crowd", "crowd-pf", "proxy".
+    /// "direct", "tcp", "tls", "crowd", "crowd-tunnel", "crowd-pf", "proxy".
     pub kind: String,
     /// Relays or jondos on the way.
     pub k: Option<usize>,
@@ -154,7 +154,7 @@ pub struct PathRow {
 /// Added latency per relay or jondo: least-squares slope of p50 over k.
 #[derive(Debug, Clone, Serialize)]
 pub struct Slope {
-    /// "tcp", "tls", "crowd".
+    /// "tcp", "tls", "crowd", "crowd-tunnel".
     pub kind: String,
     /// Per hop, keep-alive client, microseconds.
     pub keepalive_us_per_hop: f64,
@@ -683,6 +683,12 @@ async fn paths(
         .iter()
         .map(|j| Target::proxy(j.proxy_addr, origin))
         .collect();
+    // The same, as a browser sends HTTPS: inside one CONNECT tunnel per connection.
+    let tunnels: Vec<Target> = crowd
+        .jondos
+        .iter()
+        .map(|j| Target::tunnel(j.proxy_addr, origin))
+        .collect();
     // Open the links the exact-length paths will use before measuring anything.
     let kmax = s.ks.iter().copied().max().unwrap_or(1);
     crowd::set_path_length(Some(kmax.max(2)));
@@ -760,11 +766,23 @@ async fn paths(
                 note: String::new(),
             });
         }
+        if way("tunnel") {
+            ways.push(Way {
+                name: "crowd, exact, CONNECT".into(),
+                kind: "crowd-tunnel",
+                k: Some(k),
+                targets: tunnels.clone(),
+                transfer: Some(Target::tunnel(crowd.jondos[0].proxy_addr, origin)),
+                pids: Vec::new(),
+                keepalive: true,
+                note: String::new(),
+            });
+        }
         if ways.is_empty() {
             continue;
         }
         progress(&format!(
-            "paths: k = {k}: TCP relays, TLS relays, crowd path of exactly {k} jondos"
+            "paths: k = {k}: TCP relays, TLS relays, crowd path of exactly {k} jondos (proxy form and CONNECT tunnel)"
         ));
         crowd::set_path_length(Some(k));
         let rows = measure_ways(ways, s, s.requests).await;
@@ -901,7 +919,7 @@ async fn pf_way(
 }
 
 fn slopes(results: &mut Results) {
-    for kind in ["tcp", "tls", "crowd"] {
+    for kind in ["tcp", "tls", "crowd", "crowd-tunnel"] {
         let rows: Vec<_> = results.paths.iter().filter(|r| r.kind == kind).collect();
         let pts = |f: fn(&PathRow) -> Option<f64>| -> Vec<(f64, f64)> {
             rows.iter()

@@ -317,12 +317,31 @@ pub fn table(r: &Results) -> String {
                 match sl.kind.as_str() {
                     "tcp" => "per TCP relay",
                     "tls" => "per TLS relay",
+                    "crowd-tunnel" => "per jondo, CONNECT",
                     _ => "per jondo",
                 },
                 num(sl.keepalive_us_per_hop, 1),
                 num(sl.fresh_us_per_hop, 1),
                 num(sl.keepalive_cpu_us_per_hop, 1)
             );
+        }
+        let per = |kind: &str| {
+            r.slopes
+                .iter()
+                .find(|sl| sl.kind == kind)
+                .map(|sl| (sl.keepalive_us_per_hop, sl.keepalive_cpu_us_per_hop))
+        };
+        if let Some((tls, tls_cpu)) = per("tls") {
+            for (kind, label) in [("crowd", "proxy form"), ("crowd-tunnel", "CONNECT tunnel")] {
+                if let Some((j, j_cpu)) = per(kind) {
+                    let _ = writeln!(
+                        o,
+                        "per jondo / per TLS relay, {label}: {}x latency, {}x CPU",
+                        num(j / tls, 2),
+                        num(j_cpu / tls_cpu, 2)
+                    );
+                }
+            }
         }
     }
     if !r.load.is_empty() {
