@@ -2,10 +2,10 @@
 //!
 //! Small GETs (`/whoami`) for latency, a fresh TCP connection per request or one
 //! keep-alive connection (through a proxy either in proxy form or inside a `CONNECT`
-//! tunnel, as a browser sends HTTPS); `/blob/N` downloads for throughput (every frame's first byte
-//! is checked against the origin's pattern, and the length must match); and many
-//! concurrent clients for load. Every request has a timeout and every loop a bound in
-//! count and time.
+//! tunnel, as a browser sends HTTPS); `/blob/N` downloads for throughput (every frame's
+//! first byte is checked against the origin's pattern, and the length must match); and
+//! many concurrent clients for load. Every request has a timeout and every loop a bound
+//! in count and time.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;

@@ -248,10 +248,10 @@ impl ChildJondo {
     }
 }
 
-/// Starts jondo `i` of `blender` (peer port on `ip`, a runtime of `threads` workers) as a
-/// child process of this very binary; `path_length` (for requests it initiates; 1 if `None`) goes into its
-/// environment. It reports ready (see
-/// [`StartingJondo::ready`]) once the crowd lists `members` members.
+/// Starts jondo `i` of `blender` (peer port on `ip`, a runtime of `threads` workers) as
+/// a child process of this very binary; `path_length` (for requests it initiates; 1 if
+/// `None`) goes into its environment. It reports ready (see [`StartingJondo::ready`])
+/// once the crowd lists `members` members.
 pub fn spawn_child(
     blender: &Blender,
     i: usize,

@@ -1,9 +1,9 @@
-//! Hops on threads of their own: each relay or jondo on a current-thread tokio runtime
-//! in a thread of its own, as a hop on a separate host (or a separate process) runs.
+//! Hops on threads of their own: each relay or jondo on a tokio runtime in a thread of
+//! its own, as a hop on a separate host (or a separate process) runs.
 //!
-//! By default (not with `--shared-runtime`), every hop of a relay chain and every jondo of the crowd is
-//! started here instead of on the harness's shared runtime: relays on a current-thread
-//! runtime, jondos on the runtime `crowds jondo` uses. On the shared runtime, one
+//! By default (not with `--shared-runtime`), every hop of a relay chain and every jondo
+//! of the crowd is started here instead of on the harness's shared runtime: relays on a
+//! current-thread runtime, jondos on the runtime `crowds jondo` uses. On the shared runtime, one
 //! worker thread can carry a request through several hops without the kernel waking
 //! another thread; on separate hosts every hop is a wake-up of its own. Owns nothing but
 //! the threads; what runs on them is the caller's.

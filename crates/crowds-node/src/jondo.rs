@@ -665,8 +665,8 @@ impl RunningJondo {
 /// One thread (the default of `crowds jondo`) is a current-thread runtime: a relayed
 /// request passes through several tasks at each jondo (the peer connection, the stream,
 /// the outgoing link), and on one thread each hand-off is a push onto a local queue
-/// instead of a wake-up of another worker. That costs 10-15 % less CPU per relayed
-/// request (see BENCHMARKS.md), and one core moves far more than a home connection
+/// instead of a wake-up of another worker: 12-15 % less CPU per relayed request in
+/// crowds-bench (see BENCHMARKS.md), and one core moves far more than a home connection
 /// carries. More threads spread TLS work over cores for a busy exit; 0 means one
 /// per core.
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
