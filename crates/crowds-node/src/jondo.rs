@@ -670,18 +670,14 @@ impl RunningJondo {
 /// carries. More threads spread TLS work over cores for a busy exit; 0 means one
 /// per core.
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    match threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
     }
+    builder.enable_all().build()
 }
 
 /// Starts a jondo: binds its ports, joins the crowd, and serves until `shutdown`.

@@ -983,6 +983,16 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A store in `dir` whose crowd admitted account "a" (key [1; 32]) at time 0.
+    fn one_member_admitted_at_0(dir: &Path) -> (RosterConfig, Store) {
+        let cfg = config();
+        let mut store = Store::open(dir).expect("open");
+        let a = store.add_account("a", "pw").expect("add");
+        store.join(&cfg, &member(a, 1), 0).expect("join");
+        store.tick(&cfg, 0, &sign).expect("tick");
+        (cfg, store)
+    }
+
     fn config() -> RosterConfig {
         RosterConfig {
             crowd: DEFAULT_CROWD.into(),
@@ -1166,11 +1176,7 @@ mod tests {
     #[test]
     fn members_get_a_grace_period_after_every_blender_was_down() {
         let dir = tempfile::tempdir().expect("tmp");
-        let cfg = config();
-        let mut store = Store::open(dir.path()).expect("open");
-        let a = store.add_account("a", "pw").expect("add");
-        store.join(&cfg, &member(a, 1), 0).expect("join");
-        store.tick(&cfg, 0, &sign).expect("tick");
+        let (cfg, mut store) = one_member_admitted_at_0(dir.path());
         // No tick for 100 s (no blender running): a is not dropped at once...
         assert_eq!(store.tick(&cfg, 100_000, &sign).expect("tick"), Tick::Idle);
         // ...but one heartbeat timeout later, still silent, it is.
@@ -1187,11 +1193,7 @@ mod tests {
     #[test]
     fn documents_are_refreshed_and_a_changed_pf_forces_an_epoch() {
         let dir = tempfile::tempdir().expect("tmp");
-        let cfg = config();
-        let mut store = Store::open(dir.path()).expect("open");
-        let a = store.add_account("a", "pw").expect("add");
-        store.join(&cfg, &member(a, 1), 0).expect("join");
-        store.tick(&cfg, 0, &sign).expect("tick");
+        let (cfg, mut store) = one_member_admitted_at_0(dir.path());
         store.heartbeat(&PublicKey([1; 32]), 300_000).expect("hb");
         assert_eq!(
             store.tick(&cfg, 300_001, &sign).expect("tick"),
