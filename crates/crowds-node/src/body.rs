@@ -89,6 +89,22 @@ pub fn crowd_error(kind: ErrorKind) -> Response<Body> {
     resp
 }
 
+/// Wraps a request body so the caller can tell afterwards whether it was the body that
+/// failed (a client cutting an upload short, a malformed chunked body, a predecessor
+/// resetting its stream) rather than the link it was sent on: a failure on the sending
+/// side is that request's error, never a reason to re-form the path.
+pub fn watched(inner: Body) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = failed.clone();
+    let body = inner
+        .map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
+        .boxed_unsync();
+    (body, failed)
+}
+
 /// A body that fails if its source sends nothing for `idle` (a stalled server), so the
 /// client gets an error rather than a connection that hangs forever.
 pub fn with_idle_timeout(inner: Body, idle: std::time::Duration) -> Body {

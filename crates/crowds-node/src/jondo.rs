@@ -25,6 +25,7 @@ use crowds_proto::headers::Hygiene;
 use crowds_proto::identity::PublicKey;
 use crowds_proto::path::{Hop, PathId, PathTable, Predecessor, RouteError};
 use crowds_proto::policy::PortPolicy;
+use crowds_proto::recent::RecentEvents;
 use crowds_proto::relay::{self, ErrorKind, PATH_HEADER};
 use crowds_proto::view::{Change, CrowdView};
 use crowds_proto::MemberId;
@@ -180,8 +181,13 @@ pub struct Stats {
     pub path_failures: AtomicU64,
     /// Requests retried after a broken path.
     pub retries: AtomicU64,
-    /// Times this jondo's own first link failed, so its whole path was re-formed.
+    /// Times this jondo's user's own path was formed again after it had been formed
+    /// (its first link failed, its first hop left the crowd, or new members joined).
+    /// Each one gives collaborators another look at the initiator (predecessor attack).
     pub own_path_reforms: AtomicU64,
+    /// Requests that failed on the user's side of the initiator (an upload aborted, a
+    /// malformed body): errors for the client, never a reason to re-form a path.
+    pub client_failures: AtomicU64,
     /// Browser requests answered from page bundles, never sent into the crowd.
     pub served_from_bundles: AtomicU64,
     /// Crowd errors returned to this jondo's user, by kind (index: [`ERROR_KINDS`]).
@@ -235,7 +241,26 @@ pub struct Node {
     pub strip_active_content: bool,
     /// Objects received in page bundles, waiting for the browser's requests.
     pub objects: Arc<crate::prefetch::ObjectCache>,
+    /// When the user's own path re-formed, and when new epochs were adopted (last day).
+    recent: Mutex<Recent>,
+    /// Whether the user's own path has been formed at least once.
+    own_path_formed: AtomicBool,
+    /// Members whose link failed at this jondo, with the time (unix ms) until which
+    /// they are not chosen as successors (see [`FAILED_MEMBER_PAUSE`]).
+    failed: Mutex<HashMap<MemberId, u64>>,
 }
+
+/// Event records behind the status page's "last 24 hours" figures.
+struct Recent {
+    own_reforms: RecentEvents,
+    epochs: RecentEvents,
+}
+
+/// How long a member whose link failed is not chosen again as a successor by this
+/// jondo (unless a new epoch comes first): the retry of a broken request must not pick
+/// the member that just failed, and a dead member still listed (within the blender's
+/// grace period) must not break paths again and again.
+pub const FAILED_MEMBER_PAUSE: Duration = Duration::from_secs(600);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -313,6 +338,39 @@ impl Node {
         self.links.open_links()
     }
 
+    /// Re-formations of the user's own path in the last 24 hours.
+    pub fn own_reforms_last_day(&self) -> u64 {
+        lock(&self.recent).own_reforms.count(now_ms())
+    }
+
+    /// New crowd epochs adopted in the last 24 hours.
+    pub fn epochs_last_day(&self) -> u64 {
+        lock(&self.recent).epochs.count(now_ms())
+    }
+
+    /// The members this jondo may choose as successors now: the document's forwarders
+    /// without those whose link just failed here.
+    fn candidates(&self, crowd: &Crowd) -> Vec<MemberId> {
+        let mut failed = lock(&self.failed);
+        if failed.is_empty() {
+            return crowd.forwarders.clone();
+        }
+        let now = now_ms();
+        failed.retain(|_, until| *until > now);
+        let usable: Vec<MemberId> = crowd
+            .forwarders
+            .iter()
+            .copied()
+            .filter(|m| !failed.contains_key(m))
+            .collect();
+        // Every member failed: better to try them again than to refuse the user.
+        if usable.is_empty() {
+            crowd.forwarders.clone()
+        } else {
+            usable
+        }
+    }
+
     /// Verifies and adopts a fetched document.
     fn adopt(&self, bytes: &[u8]) -> Result<Change, crowds_proto::view::ViewError> {
         let mut view = lock(&self.view);
@@ -328,7 +386,11 @@ impl Node {
             self.admitted_since.store(now_ms(), Ordering::Relaxed);
         }
         if let Change::NewEpoch { joined, left } = &change {
+            lock(&self.recent).epochs.record(now_ms());
+            // A new epoch is a fresh start for members that failed here before.
+            lock(&self.failed).clear();
             let mut paths = lock(&self.paths);
+            paths.set_crowd_size(crowd.doc.members.len());
             if change.reforms_paths() {
                 // New members: every path in the crowd re-forms now, together.
                 paths.forget_all();
@@ -337,6 +399,9 @@ impl Node {
                 paths.forget_from(*id);
                 self.links.forget(*id);
             }
+            // Outgoing links follow the document: a member whose key changed is dialled
+            // afresh with its new key (incoming links are closed by `serve_peer`).
+            self.links.retain_keys(&crowd.by_key);
             tracing::info!(
                 epoch = crowd.doc.epoch,
                 members = crowd.doc.members.len(),
@@ -429,6 +494,14 @@ impl Node {
         .flatten()
     }
 
+    /// Notes that the user's own path was just (re-)formed.
+    fn own_path_formed_now(&self) {
+        if self.own_path_formed.swap(true, Ordering::Relaxed) {
+            self.stats.own_path_reforms.fetch_add(1, Ordering::Relaxed);
+            lock(&self.recent).own_reforms.record(now_ms());
+        }
+    }
+
     /// Number of requests and tunnels in progress through this jondo.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -501,15 +574,25 @@ impl Node {
         let forced: Option<Hop> = None;
         #[cfg(feature = "measure")]
         let formed_before = lock(&self.paths).formed();
+        let candidates = self.candidates(&crowd);
         let hop = match forced {
             Some(hop) => Ok(hop),
-            None => lock(&self.paths).route(
-                &mut rand::thread_rng(),
-                pred,
-                in_path,
-                crowd.doc.forward_probability,
-                &crowd.forwarders,
-            ),
+            None => {
+                let mut paths = lock(&self.paths);
+                let before = paths.formed();
+                let hop = paths.route(
+                    &mut rand::thread_rng(),
+                    pred,
+                    in_path,
+                    crowd.doc.forward_probability,
+                    &candidates,
+                );
+                if pred == Predecessor::Local && paths.formed() > before {
+                    drop(paths);
+                    self.own_path_formed_now();
+                }
+                hop
+            }
         };
         #[cfg(feature = "measure")]
         if lock(&self.paths).formed() > formed_before {
@@ -550,6 +633,14 @@ impl Node {
                 // successor accepts. Without one (we initiated), the successor's end
                 // travels back in the response.
                 let upstream = tunnel::take_end(&mut req);
+                // Whether a failure below is the request's own (its body failed on our
+                // side: the client aborted an upload or sent a malformed body, or our
+                // predecessor reset its stream) or the link's.
+                let (req, body_failed) = {
+                    let (parts, body) = req.into_parts();
+                    let (body, failed) = body::watched(body);
+                    (Request::from_parts(parts, body), failed)
+                };
                 match self.links.send(member, req).await {
                     Ok(mut resp) => {
                         if let Some(up) = upstream {
@@ -564,15 +655,29 @@ impl Node {
                         }
                         resp.map(body::stream)
                     }
+                    Err(_) if body_failed.load(Ordering::Relaxed) => {
+                        // The sending side failed, not the path: the path stays.
+                        tracing::debug!("a request body failed on its way in; the path stays");
+                        self.stats.client_failures.fetch_add(1, Ordering::Relaxed);
+                        body::crowd_error(ErrorKind::BadRequest)
+                    }
+                    Err(e) if !e.link_failed() => {
+                        // The successor refused this one stream on a live link: this
+                        // request fails, the hop stays (only a failed link re-forms it).
+                        tracing::debug!("successor reset a stream: {e}");
+                        body::crowd_error(ErrorKind::PathBroken)
+                    }
                     Err(e) => {
                         tracing::warn!("path broken: {e}");
                         self.stats.path_failures.fetch_add(1, Ordering::Relaxed);
-                        if pred == Predecessor::Local {
-                            self.stats.own_path_reforms.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // Only this hop is forgotten: it is decided afresh next time.
+                        // Only this hop is forgotten: it is decided afresh next time, and
+                        // not with the member that just failed.
                         lock(&self.paths).forget(pred, in_path);
                         self.links.forget(successor);
+                        lock(&self.failed).insert(
+                            successor,
+                            now_ms().saturating_add(FAILED_MEMBER_PAUSE.as_millis() as u64),
+                        );
                         body::crowd_error(ErrorKind::PathBroken)
                     }
                 }
@@ -759,6 +864,12 @@ pub async fn start(
         prefetch: !config.no_prefetch,
         strip_active_content: config.strip_active_content,
         objects: Arc::default(),
+        recent: Mutex::new(Recent {
+            own_reforms: RecentEvents::new(RecentEvents::DAY_MS),
+            epochs: RecentEvents::new(RecentEvents::DAY_MS),
+        }),
+        own_path_formed: AtomicBool::new(false),
+        failed: Mutex::new(HashMap::new()),
     });
 
     let mut tasks = Vec::new();
@@ -766,7 +877,13 @@ pub async fn start(
     let shutdown = serving.clone();
     // Peers: TLS admits only keys listed in the current crowd document.
     let policy_node = Arc::downgrade(&node);
+    let blender_key = config.blender_key;
     let policy: tls::KeyPolicy = Arc::new(move |key: &PublicKey| {
+        // The blender proves that this jondo holds its key at the advertised address
+        // with a handshake before it lists the address (it then closes at once).
+        if *key == blender_key {
+            return true;
+        }
         let known = crowd
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -905,7 +1022,24 @@ async fn serve_peer(node: Arc<Node>, acceptor: TlsAcceptor, stream: tokio::net::
         return;
     };
     let Some(pred) = node.crowd().and_then(|c| c.by_key.get(&key).copied()) else {
+        // The blender's address check, or a key that left the crowd meanwhile.
         return;
+    };
+    // The link lives only while the crowd document vouches for this key as `pred`.
+    let mut adopted = node.adopted.subscribe();
+    let watch_node = node.clone();
+    let still_vouched = async move {
+        loop {
+            if adopted.changed().await.is_err() {
+                return;
+            }
+            let vouched = watch_node
+                .crowd()
+                .is_some_and(|c| c.by_key.get(&key) == Some(&pred));
+            if !vouched {
+                return;
+            }
+        }
     };
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let node = node.clone();
@@ -922,10 +1056,16 @@ async fn serve_peer(node: Arc<Node>, acceptor: TlsAcceptor, stream: tokio::net::
         .max_header_list_size(link::MAX_HEADER_LIST)
         .keep_alive_interval(link::KEEPALIVE)
         .keep_alive_timeout(link::KEEPALIVE)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
-    if let Err(e) = result {
-        tracing::debug!("peer link ended: {e}");
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::select! {
+        result = result => {
+            if let Err(e) = result {
+                tracing::debug!("peer link ended: {e}");
+            }
+        }
+        () = still_vouched => {
+            tracing::debug!("closed a peer link: its key is no longer in the crowd document");
+        }
     }
 }
 

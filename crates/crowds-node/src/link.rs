@@ -46,6 +46,33 @@ pub enum LinkError {
     Http(MemberId, hyper::Error),
 }
 
+impl LinkError {
+    /// Whether this is evidence that the member or the link to it failed, so the hop
+    /// through it must be decided afresh: the connection or TLS handshake failed, or
+    /// the connection broke (I/O error, GOAWAY, keep-alive timeout). A single stream
+    /// that the member reset while the connection lives is not: it fails that request
+    /// only. Otherwise a collaborating successor could re-form its predecessor's hop
+    /// whenever it liked, and each re-formation of an initiator's first hop gives
+    /// collaborators another look at the initiator (the predecessor attack).
+    pub fn link_failed(&self) -> bool {
+        match self {
+            LinkError::Connect(..) => true,
+            LinkError::Http(_, e) => !stream_reset_by_peer(e),
+        }
+    }
+}
+
+fn stream_reset_by_peer(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && h2.is_remote();
+        }
+        source = err.source();
+    }
+    false
+}
+
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 
 /// The pool of outgoing links.
@@ -72,6 +99,14 @@ impl Links {
     pub fn forget(&self, id: MemberId) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.retain(|(m, _), _| *m != id);
+    }
+
+    /// Drops links to keys that are no longer the member's key in the current document
+    /// (`current`: key -> member id), so nothing is relayed on a connection made with a
+    /// key the crowd no longer vouches for.
+    pub fn retain_keys(&self, current: &HashMap<PublicKey, MemberId>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|(m, key), _| current.get(key) == Some(m));
     }
 
     /// Number of open outgoing links.

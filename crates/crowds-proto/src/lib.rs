@@ -21,6 +21,7 @@
 //! - [`anonymity`]: the paper's closed-form guarantees (probable innocence).
 //! - [`analysis`]: those figures beside Monte Carlo over the real path code (`crowds analyze`).
 //! - [`policy`]: which destination addresses an exit may submit to.
+//! - [`recent`]: counts of events in a sliding window (re-formations in the last day).
 //! - [`socks`]: SOCKS5 messages for the local SOCKS port.
 //! - [`throttle`]: the blender's limits on password guessing and join floods.
 
@@ -40,6 +41,7 @@ pub mod html;
 pub mod identity;
 pub mod path;
 pub mod policy;
+pub mod recent;
 pub mod relay;
 pub mod roster;
 pub mod socks;

@@ -13,11 +13,14 @@ use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-/// Most path entries a jondo keeps (each is a few dozen bytes).
+/// Path entries a jondo shares out among its predecessors (each is a few dozen bytes).
 pub const MAX_PATHS: usize = 1 << 16;
 /// Most paths one predecessor may have through a jondo, so a member flooding path
 /// set-ups cannot fill the table for everyone else.
 pub const MAX_PATHS_PER_PREDECESSOR: usize = 1 << 12;
+/// The smallest share of one predecessor, however big the crowd. An honest member
+/// relays about `4/n` of all paths through any one other member, so this is plenty.
+pub const MIN_PATHS_PER_PREDECESSOR: usize = 16;
 
 /// A path identifier on one link, chosen by the sending side.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,10 +80,12 @@ pub enum RouteError {
     /// The crowd lists no forwarding member (not yet admitted, or empty crowd).
     #[error("the crowd has no members to forward to")]
     EmptyCrowd,
-    /// The routing table is full.
+    /// The routing table is full (cannot happen while every predecessor keeps to its
+    /// share; kept as a last bound on memory).
     #[error("too many paths through this jondo")]
     TableFull,
-    /// This predecessor already has [`MAX_PATHS_PER_PREDECESSOR`] paths here.
+    /// This predecessor already has its share of paths here (see
+    /// [`PathTable::predecessor_share`]).
     #[error("too many paths from one predecessor")]
     PredecessorFull,
 }
@@ -112,12 +117,19 @@ pub fn choose_hop<R: Rng + ?Sized>(
 }
 
 /// One jondo's routing table: (predecessor, incoming id) -> hop.
+///
+/// Every member predecessor gets an equal share of the table ([`PathTable::predecessor_share`]),
+/// so the shares of all members together fit in [`MAX_PATHS`]: a few collaborating
+/// predecessors opening paths in bulk only have their own new paths refused. The
+/// jondo's own user ([`Predecessor::Local`]) counts against no limit.
 #[derive(Debug, Default)]
 pub struct PathTable {
     routes: HashMap<(Predecessor, PathId), Hop>,
     outgoing: HashSet<(MemberId, PathId)>,
     per_predecessor: HashMap<Predecessor, usize>,
     formed: u64,
+    /// Members in the current crowd document (0: not known yet).
+    crowd_size: usize,
 }
 
 impl PathTable {
@@ -134,6 +146,28 @@ impl PathTable {
     /// How many hops this table has decided since it was created.
     pub fn formed(&self) -> u64 {
         self.formed
+    }
+
+    /// Tells the table how many members the crowd has now, which sets each
+    /// predecessor's share.
+    pub fn set_crowd_size(&mut self, members: usize) {
+        self.crowd_size = members;
+    }
+
+    /// Most paths one member predecessor may hold here: an equal part of [`MAX_PATHS`]
+    /// for each member of the crowd, between [`MIN_PATHS_PER_PREDECESSOR`] and
+    /// [`MAX_PATHS_PER_PREDECESSOR`].
+    pub fn predecessor_share(&self) -> usize {
+        (MAX_PATHS / self.crowd_size.max(1))
+            .clamp(MIN_PATHS_PER_PREDECESSOR, MAX_PATHS_PER_PREDECESSOR)
+    }
+
+    /// The bound on all entries: every member's share (at least [`MAX_PATHS`]), plus
+    /// the user's own path.
+    fn capacity(&self) -> usize {
+        MAX_PATHS
+            .max(self.crowd_size.saturating_mul(self.predecessor_share()))
+            .saturating_add(1)
     }
 
     /// Whether no path is known.
@@ -159,11 +193,14 @@ impl PathTable {
             Some(_) => self.forget(pred, path),
             None => {}
         }
-        if self.routes.len() >= MAX_PATHS {
-            return Err(RouteError::TableFull);
-        }
-        if self.per_predecessor.get(&pred).copied().unwrap_or(0) >= MAX_PATHS_PER_PREDECESSOR {
-            return Err(RouteError::PredecessorFull);
+        // The user's own path is never refused: it is one entry (PathId::LOCAL).
+        if pred != Predecessor::Local {
+            if self.per_predecessor.get(&pred).copied().unwrap_or(0) >= self.predecessor_share() {
+                return Err(RouteError::PredecessorFull);
+            }
+            if self.routes.len() >= self.capacity() {
+                return Err(RouteError::TableFull);
+            }
         }
         let initiator = pred == Predecessor::Local;
         let hop = match choose_hop(rng, initiator, forward_probability, forwarders)? {

@@ -69,6 +69,20 @@ async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
     crowd.jondos[1].proc.kill();
     let flooder = &crowd.jondos[1];
     let victim = &crowd.jondos[0];
+    // The victim's own user has a working path before the flood (a first attempt may
+    // pick the stopped flooder and repair the hop, a genuine failure).
+    let victim_exit = |origin: &Origin| {
+        let (proxy, url) = (victim.proxy, origin.url("/whoami"));
+        async move {
+            let mut client = HttpClient::connect(proxy).await.expect("connect");
+            let (status, text) = client.get_text(&url).await;
+            assert_eq!(status, 200, "{text}");
+            text
+        }
+    };
+    let exit_before = victim_exit(&origin).await;
+    let reforms = |s: serde_json::Value| s["requests"]["own_path_reforms"].as_u64();
+    let reforms_before = reforms(victim.status().await.expect("status"));
     // The flooder's own key lets it pass the victim's TLS check, as any member could.
     let key = flooder.identity();
     let victim_key: PublicKey = victim.identity().public();
@@ -133,6 +147,13 @@ async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
     assert!(
         overloaded >= 250,
         "the per-predecessor limit refused only {overloaded} of the {total} path set-ups"
+    );
+    // The flood did not touch the victim's own path: same exit, no re-formation.
+    assert_eq!(victim_exit(&origin).await, exit_before);
+    assert_eq!(
+        reforms(victim.status().await.expect("status")),
+        reforms_before,
+        "the flood re-formed the victim's own path"
     );
     // Honest users are still served, through the victim and by the victim. A path that
     // chose the stopped flooder breaks and is repaired, so allow a few attempts.

@@ -232,3 +232,66 @@ fn one_flooding_predecessor_cannot_fill_the_table() {
     table.forget_from(7);
     assert_eq!(table.len(), 1);
 }
+
+/// Collaborating predecessors together cannot fill the table: each has its share, the
+/// shares of all members fit, and the jondo's own user always gets its path.
+#[test]
+fn collaborators_cannot_fill_the_table_or_block_the_local_path() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut table = PathTable::new();
+    let members: Vec<MemberId> = (1..=20).collect();
+    table.set_crowd_size(members.len());
+    let share = table.predecessor_share();
+    assert_eq!(share, MAX_PATHS / 20);
+    // Every member but one floods the table to its share and beyond.
+    let mut refused = 0;
+    for pred in 1..=19u64 {
+        for i in 0..(share as u64 + 5) {
+            match table.route(
+                &mut rng,
+                Predecessor::Member(pred),
+                PathId(i + 1),
+                0.75,
+                &members,
+            ) {
+                Ok(_) => {}
+                Err(RouteError::PredecessorFull) => refused += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+    assert_eq!(refused, 19 * 5, "each flooder is refused beyond its own share");
+    // The last honest member and the local user still form paths.
+    assert!(table
+        .route(&mut rng, Predecessor::Member(20), PathId(1), 0.75, &members)
+        .is_ok());
+    assert!(table
+        .route(&mut rng, Predecessor::Local, PathId::LOCAL, 0.75, &members)
+        .is_ok());
+}
+
+#[test]
+fn shares_shrink_with_the_crowd_but_not_below_the_floor() {
+    let mut table = PathTable::new();
+    assert_eq!(table.predecessor_share(), MAX_PATHS_PER_PREDECESSOR);
+    table.set_crowd_size(3);
+    assert_eq!(table.predecessor_share(), MAX_PATHS_PER_PREDECESSOR);
+    table.set_crowd_size(1_000);
+    assert_eq!(table.predecessor_share(), MAX_PATHS / 1_000);
+    table.set_crowd_size(1_000_000);
+    assert_eq!(table.predecessor_share(), MIN_PATHS_PER_PREDECESSOR);
+}
+
+/// The local path is exempt even when its own count would be over a share.
+#[test]
+fn the_local_path_is_never_refused() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut table = PathTable::new();
+    table.set_crowd_size(1_000_000);
+    for _ in 0..100 {
+        table.forget(Predecessor::Local, PathId::LOCAL);
+        assert!(table
+            .route(&mut rng, Predecessor::Local, PathId::LOCAL, 0.75, &[1, 2])
+            .is_ok());
+    }
+}

@@ -458,6 +458,11 @@ impl Crowd {
     /// Starts a blender and `n` jondo processes (with `--allow-private-destinations`)
     /// and waits until every jondo reports `members == n` and `admitted == true`.
     pub async fn start(n: usize) -> Crowd {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`Crowd::start`], with more blender flags (`--pf 0.75` comes first).
+    pub async fn start_with(n: usize, blender_extra: &[&str]) -> Crowd {
         let dir = tempfile::Builder::new()
             .prefix("crowds-it-")
             .tempdir()
@@ -471,7 +476,8 @@ impl Crowd {
             passwords.push(pw);
         }
         let (blender, blender_addr, blender_pub) =
-            start_blender(&blender_dir, &logs, &["--pf", "0.75"]).await;
+            start_blender(&blender_dir, &logs, &[&["--pf", "0.75"], blender_extra].concat())
+                .await;
         let mut jondos = Vec::new();
         for (i, pw) in passwords.iter().enumerate() {
             let ip = jondo_ip(i);
