@@ -69,7 +69,7 @@ mod tests {
         r.record(100);
         r.record(500);
         assert_eq!(r.count(600), 2);
-        assert_eq!(r.count(1_100), 1, "the event at 100 left the window");
+        assert_eq!(r.count(1_101), 1, "the event at 100 left the window");
         assert_eq!(r.count(1_501), 0);
     }
 
