@@ -11,15 +11,19 @@
 //! - a Forward successor is always in the member list, its outgoing path id is never
 //!   `PathId::LOCAL` and never reused for the same successor;
 //! - the initiator (`Predecessor::Local`) never submits;
-//! - `len()` equals the model's size and never exceeds `MAX_PATHS`, `formed()` counts
-//!   the hops decided anew; `TableFull` / `PredecessorFull` are returned exactly when a
-//!   new path would exceed `MAX_PATHS` / `MAX_PATHS_PER_PREDECESSOR` (reached through the
-//!   "flood" operation, enabled by `CROWDS_FUZZ_FLOOD=1` because it is slow).
+//! - `len()` equals the model's size and never exceeds the table's capacity, `formed()`
+//!   counts the hops decided anew; `PredecessorFull` / `TableFull` are returned exactly
+//!   when a member predecessor's new path would exceed its share (`MAX_PATHS` divided by
+//!   the crowd size, clamped to `MIN_PATHS_PER_PREDECESSOR..=MAX_PATHS_PER_PREDECESSOR`)
+//!   / the capacity (every member's share, at least `MAX_PATHS`; the local path may come
+//!   on top);
+//!   the local path is never refused (reached through the "flood" operation, enabled by
+//!   `CROWDS_FUZZ_FLOOD=1` because it is slow).
 #![no_main]
 
 use crowds_proto::path::{
     choose_hop, Hop, PathId, PathTable, Predecessor, RouteError, MAX_PATHS,
-    MAX_PATHS_PER_PREDECESSOR,
+    MAX_PATHS_PER_PREDECESSOR, MIN_PATHS_PER_PREDECESSOR,
 };
 use crowds_proto::MemberId;
 use libfuzzer_sys::fuzz_target;
@@ -111,6 +115,10 @@ struct Model {
     outgoing: HashSet<(MemberId, PathId)>,
     /// Hops decided anew so far (what `PathTable::formed` counts).
     formed: u64,
+    /// The crowd size last given to `set_crowd_size` (0: never).
+    crowd_size: usize,
+    /// The largest capacity the table has had (entries made then may remain).
+    most_capacity: usize,
 }
 
 impl Model {
@@ -120,6 +128,20 @@ impl Model {
 
     fn count(&self, p: Predecessor) -> usize {
         self.per_predecessor.get(&p).copied().unwrap_or(0)
+    }
+
+    fn share(&self) -> usize {
+        (MAX_PATHS / self.crowd_size.max(1))
+            .clamp(MIN_PATHS_PER_PREDECESSOR, MAX_PATHS_PER_PREDECESSOR)
+    }
+
+    fn capacity(&self) -> usize {
+        MAX_PATHS.max(self.crowd_size * self.share())
+    }
+
+    fn set_crowd_size(&mut self, n: usize) {
+        self.crowd_size = n;
+        self.most_capacity = self.most_capacity.max(self.capacity());
     }
 
     fn insert(&mut self, p: Predecessor, id: PathId, hop: Hop) {
@@ -171,7 +193,17 @@ impl Model {
     fn check(&self, table: &PathTable) {
         assert_eq!(table.len(), self.routes.len());
         assert_eq!(table.is_empty(), self.routes.is_empty());
-        assert!(table.len() <= MAX_PATHS);
+        // Members fill at most the capacity; the local path may come on top.
+        assert!(
+            table.len() <= self.most_capacity.max(self.capacity()) + 1,
+            "len {} most {} cap {} size {} local {:?}",
+            table.len(),
+            self.most_capacity,
+            self.capacity(),
+            self.crowd_size,
+            self.get(Predecessor::Local, PathId::LOCAL)
+        );
+        assert_eq!(table.predecessor_share(), self.share());
         assert_eq!(table.formed(), self.formed, "formed() miscounts");
     }
 }
@@ -213,29 +245,37 @@ fn route_checked(
                 assert_ne!(*hop, Hop::Submit, "the initiator submitted");
             }
             if fresh {
-                assert!(model.routes.len() < MAX_PATHS, "routed past MAX_PATHS");
-                assert!(
-                    model.count(p) < MAX_PATHS_PER_PREDECESSOR,
-                    "routed past the cap"
-                );
+                if (p, id) != (Predecessor::Local, PathId::LOCAL) {
+                    assert!(
+                        model.routes.len() < model.capacity(),
+                        "routed past the capacity"
+                    );
+                    assert!(model.count(p) < model.share(), "routed past the share");
+                }
                 model.insert(p, id, *hop);
             }
         }
         Err(RouteError::TableFull) => {
             assert!(fresh);
-            assert_eq!(model.routes.len(), MAX_PATHS, "TableFull below MAX_PATHS");
+            assert_ne!(
+                (p, id),
+                (Predecessor::Local, PathId::LOCAL),
+                "the local path was refused"
+            );
+            assert!(model.count(p) < model.share(), "TableFull instead of PredecessorFull");
+            assert!(
+                model.routes.len() >= model.capacity(),
+                "TableFull below the capacity"
+            );
         }
         Err(RouteError::PredecessorFull) => {
             assert!(fresh);
-            assert!(
-                model.routes.len() < MAX_PATHS,
-                "PredecessorFull instead of TableFull"
+            assert_ne!(
+                (p, id),
+                (Predecessor::Local, PathId::LOCAL),
+                "the local path was refused"
             );
-            assert_eq!(
-                model.count(p),
-                MAX_PATHS_PER_PREDECESSOR,
-                "PredecessorFull below cap"
-            );
+            assert!(model.count(p) >= model.share(), "PredecessorFull below the share");
         }
         Err(RouteError::EmptyCrowd) => {
             assert!(fresh);
@@ -253,15 +293,16 @@ fn route_checked(
     first
 }
 
-/// Routes new paths until the table is full: `MAX_PATHS_PER_PREDECESSOR` from each of
-/// several predecessors (each then refused with PredecessorFull), until TableFull.
+/// Routes new paths until the table is full: a share from each of several
+/// predecessors (each then refused with PredecessorFull), until TableFull; the local
+/// path is still served.
 fn flood(table: &mut PathTable, model: &mut Model, rng: &mut StdRng, list: &[MemberId]) {
     let list = if list.is_empty() { &[1][..] } else { list };
-    let cap = MAX_PATHS_PER_PREDECESSOR as u64;
+    let cap = model.share() as u64;
     let mut n = 0u64;
     for filler in 1_000u64.. {
         let p = Predecessor::Member(filler);
-        while model.count(p) < MAX_PATHS_PER_PREDECESSOR && model.routes.len() < MAX_PATHS {
+        while model.count(p) < model.share() && model.routes.len() < model.capacity() {
             let id = PathId(1 << 32 | n);
             n += 1;
             let hop = table.route(rng, p, id, 0.75, list).expect("room left");
@@ -273,8 +314,12 @@ fn flood(table: &mut PathTable, model: &mut Model, rng: &mut StdRng, list: &[Mem
             break;
         }
         assert_eq!(r, Err(RouteError::PredecessorFull));
-        assert!(filler < 1_000 + MAX_PATHS as u64 / cap + 1);
+        assert!(filler < 1_000 + model.capacity() as u64 / cap + 1);
     }
+    model.remove(Predecessor::Local, PathId::LOCAL);
+    table.forget(Predecessor::Local, PathId::LOCAL);
+    let local = route_checked(table, model, rng, Predecessor::Local, PathId::LOCAL, 0.75, list);
+    assert!(local.is_ok(), "the local path was refused in a full table");
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -306,6 +351,12 @@ fuzz_target!(|data: &[u8]| {
                 let m = u64::from(ops.byte() % 9);
                 table.forget_from(m);
                 model.remove_from(Predecessor::Member(m));
+            }
+            6 if ops.0.first().is_some_and(|b| b & 0x80 != 0) => {
+                // A new crowd size: shares shrink and grow with it.
+                let n = usize::from(ops.byte() & 0x7f) * 97;
+                table.set_crowd_size(n);
+                model.set_crowd_size(n);
             }
             6 => {
                 table.forget_all();

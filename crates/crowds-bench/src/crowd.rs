@@ -99,6 +99,9 @@ pub async fn start_blender(n: usize, pf: f64, shutdown: CancellationToken) -> Re
     let mut config = BlenderConfig::new(blender_dir, SocketAddr::from(([127, 0, 0, 1], 0)));
     config.forward_probability = pf;
     config.join_interval = Duration::from_millis(200);
+    // Benchmark crowds live for seconds: a member that stopped is dropped as soon as it
+    // misses the heartbeat timeout.
+    config.grace_period = config.heartbeat_timeout;
     let blender = blender::start(config, shutdown).await?;
     Ok(Blender {
         blender,

@@ -7,9 +7,17 @@
 //! so several blenders sharing one PostgreSQL database (and one signing key) serve the
 //! same crowds: each cuts epochs only under the crowd's lock. It never sees member traffic.
 //!
+//! Epochs are cut only at scheduled times (multiples of the join interval since the unix
+//! epoch) and only when a change is waiting; a member that goes silent keeps its place
+//! for the grace period; and while the API turns heartbeats away (every connection slot
+//! taken, or the store failing) nobody's silence counts (see [`Store::tick_after`]).
+//!
 //! API (all JSON except the document):
 //! - `POST /v1/join` `{"account", "password", "peer_addr"}`: registers the TLS client key
-//!   as the account's member key; admitted at the next epoch.
+//!   as the account's member key; admitted at the next scheduled epoch. Before listing
+//!   the peer address, the blender checks that this key answers there: a TLS handshake
+//!   to it must prove the key (else 403); an address it cannot connect to at all makes a
+//!   client-only member.
 //! - `POST /v1/heartbeat`, `POST /v1/leave`: identified by the TLS client key.
 //! - `GET /v1/crowd`: the signed document of the caller's crowd (the default crowd for
 //!   a key that has not joined); `GET /v1/crowd/NAME` names the crowd. `ETag` and
@@ -45,6 +53,8 @@ pub const MAX_API_CONNECTIONS: usize = 512;
 pub const MAX_API_BODY: usize = crowds_proto::api::MAX_API_BODY;
 /// Join requests accepted per source address per minute, by default.
 pub const DEFAULT_MAX_JOINS_PER_MINUTE: u32 = 60;
+/// One day: the default join interval and grace period.
+const DAY: Duration = Duration::from_secs(86_400);
 /// How often the epoch ticker looks at the store.
 const TICK: Duration = Duration::from_millis(100);
 /// How often it looks when the store is PostgreSQL shared with other blenders.
@@ -63,10 +73,14 @@ pub struct BlenderConfig {
     pub listen: SocketAddr,
     /// The crowd's forward probability.
     pub forward_probability: f64,
-    /// At most one epoch per this interval.
+    /// Epochs are cut only at multiples of this interval since the unix epoch (midnight
+    /// UTC for a day), and only when a change is waiting.
     pub join_interval: Duration,
-    /// Members silent this long are dropped.
+    /// Pending joins silent this long are discarded; members silent this long are shown
+    /// as silent.
     pub heartbeat_timeout: Duration,
+    /// Members silent for longer than this are dropped at the next scheduled epoch.
+    pub grace_period: Duration,
     /// Validity of each signed document.
     pub document_lifetime: Duration,
     /// An account is admitted at most once per this interval.
@@ -88,10 +102,14 @@ impl BlenderConfig {
             extra_crowds: Vec::new(),
             listen,
             forward_probability: 0.75,
-            join_interval: Duration::from_secs(30),
+            // Every epoch re-forms every path, and each re-formation is another sample
+            // for the predecessor attack (`crowds analyze`: with 10 % collaborators an
+            // initiator stands out after about 17), so epochs are counted per day.
+            join_interval: DAY,
             heartbeat_timeout: Duration::from_secs(30),
+            grace_period: DAY,
             document_lifetime: Duration::from_secs(600),
-            rejoin_interval: Duration::from_secs(300),
+            rejoin_interval: 7 * DAY,
             connect_back_timeout: Duration::from_secs(3),
             control_listen: None,
             max_joins_per_minute: DEFAULT_MAX_JOINS_PER_MINUTE,
@@ -135,6 +153,8 @@ struct Stats {
     heartbeats: AtomicU64,
     epochs: AtomicU64,
     client_only_joins: AtomicU64,
+    /// Joins refused because the peer address answered with another key (or no proof).
+    address_claims_refused: AtomicU64,
 }
 
 /// What login failures are counted against.
@@ -156,6 +176,10 @@ struct State {
     /// "sqlite" or "postgres".
     database: &'static str,
     crowds: std::collections::BTreeMap<String, Crowd>,
+    /// When the API's accept loop last had every connection slot taken.
+    saturation: Arc<net::Saturation>,
+    /// When a store call last failed (unix ms; 0: never).
+    store_failed_at: AtomicU64,
 }
 
 impl State {
@@ -169,10 +193,30 @@ impl State {
         f: impl FnOnce(&mut Store) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, NodeError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&store)))
+        let result = tokio::task::spawn_blocking(move || f(&mut lock(&store)))
             .await
-            .map_err(|e| NodeError::Blender(e.to_string()))?
-            .map_err(NodeError::from)
+            .map_err(|e| NodeError::Blender(e.to_string()))
+            .and_then(|r| r.map_err(NodeError::from));
+        if result.is_err() {
+            self.store_failed();
+        }
+        result
+    }
+
+    /// Notes that the store failed now: members' heartbeats may have been lost.
+    fn store_failed(&self) {
+        self.store_failed_at
+            .store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// The last time (unix ms) this blender may have turned members' heartbeats away:
+    /// its API had no free connection slot, or its store failed.
+    fn disrupted_at(&self, now: u64) -> Option<u64> {
+        let store = match self.store_failed_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at.min(now)),
+        };
+        store.max(self.saturation.last_at(now))
     }
 }
 
@@ -250,6 +294,7 @@ pub async fn start(
                 forward_probability: pf,
                 join_interval_ms: config.join_interval.as_millis() as u64,
                 heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
+                grace_period_ms: config.grace_period.as_millis() as u64,
                 document_lifetime_ms: config.document_lifetime.as_millis() as u64,
                 rejoin_interval_ms: config.rejoin_interval.as_millis() as u64,
             },
@@ -278,6 +323,8 @@ pub async fn start(
         database: api_store.kind(),
         store: Arc::new(Mutex::new(api_store)),
         crowds,
+        saturation: Arc::default(),
+        store_failed_at: AtomicU64::new(0),
     });
     // Serve the stored documents at once (a restart, or a second blender joining).
     let ticker_store = Arc::new(Mutex::new(ticker_store));
@@ -286,9 +333,12 @@ pub async fn start(
     let acceptor = TlsAcceptor::from(Arc::new(server_tls));
     let public_key = state.key.public();
     let api_state = state.clone();
-    let api = net::spawn_accept_loop(
+    // The loop notes when every slot is taken: members' heartbeats then wait or fail,
+    // and the epoch clock must not take that for their silence.
+    let api = net::spawn_watched_accept_loop(
         listener,
         MAX_API_CONNECTIONS,
+        Some(state.saturation.clone()),
         shutdown.clone(),
         move |stream, peer: SocketAddr| {
             let state = api_state.clone();
@@ -377,7 +427,8 @@ async fn advance(state: &Arc<State>, store: &Arc<Mutex<Store>>) {
         let result = tokio::task::spawn_blocking(move || {
             let mut store = lock(&store);
             let sign = |doc: &CrowdDocument| doc.sign(&signer.key).map_err(|e| e.to_string());
-            let tick = store.tick(&config, now_ms(), &sign)?;
+            let now = now_ms();
+            let tick = store.tick_after(&config, now, signer.disrupted_at(now), &sign)?;
             let latest = store.latest_document(&crowd_name, known)?;
             Ok::<_, crate::store::StoreError>((tick, latest))
         })
@@ -385,6 +436,7 @@ async fn advance(state: &Arc<State>, store: &Arc<Mutex<Store>>) {
         let (tick, latest) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
+                state.store_failed();
                 tracing::error!(crowd = %name, "cannot advance the crowd: {e}");
                 continue;
             }
@@ -667,15 +719,45 @@ async fn join(
         );
     };
     // The article's firewalled members: if we cannot reach the peer port, the member
-    // may still initiate paths but is never chosen as a forwarder.
-    let reachable = matches!(
-        tokio::time::timeout(
-            state.connect_back_timeout,
-            tokio::net::TcpStream::connect(join.peer_addr)
-        )
-        .await,
-        Ok(Ok(_))
-    );
+    // may still initiate paths but is never chosen as a forwarder. If something answers
+    // there, it must prove the joining key: listing another member's address would send
+    // peers to the wrong key, and every path through it would break and re-form.
+    let reachable = match check_peer(
+        &state.key,
+        client,
+        join.peer_addr,
+        state.connect_back_timeout,
+    )
+    .await
+    {
+        PeerCheck::Proven => true,
+        PeerCheck::Unreachable => false,
+        PeerCheck::Failed(e) => {
+            tracing::error!("cannot check a joining member's peer address: {e}");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the blender cannot check the peer address",
+            );
+        }
+        PeerCheck::OtherKey(why) => {
+            state
+                .stats
+                .address_claims_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                member = id,
+                peer = %Sensitive(join.peer_addr),
+                "join refused: the peer address does not answer with the member's key ({why})"
+            );
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "the peer address answers with another key: {why}; advertise this \
+                     jondo's own peer address"
+                ),
+            );
+        }
+    };
     let member = Member {
         id,
         addr: join.peer_addr,
@@ -733,6 +815,49 @@ async fn join(
     )
 }
 
+/// What answers at a joining member's peer address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PeerCheck {
+    /// A TLS handshake there proved the member's key.
+    Proven,
+    /// Nothing accepted a TCP connection in time (firewalled: a client-only member).
+    Unreachable,
+    /// Something accepted the connection but did not prove the key: why.
+    OtherKey(String),
+    /// The blender could not run the check itself: why.
+    Failed(String),
+}
+
+/// Checks that `key` answers at `addr`: a TCP connection, then a TLS 1.3 handshake as a
+/// client in which the server must prove `key`. The blender presents its own identity
+/// key, which every jondo pins as the blender's. Each step gets `timeout`.
+async fn check_peer(
+    identity: &SecretKey,
+    key: PublicKey,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> PeerCheck {
+    let Ok(Ok(tcp)) = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
+    else {
+        return PeerCheck::Unreachable;
+    };
+    let config = match tls::client_config(identity, key) {
+        Ok(c) => c,
+        Err(e) => return PeerCheck::Failed(e.to_string()),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    match tokio::time::timeout(timeout, connector.connect(tls::server_name(), tcp)).await {
+        // The server proved the key in its handshake; the connection is closed at once.
+        Ok(Ok(_)) => PeerCheck::Proven,
+        Ok(Err(e)) => PeerCheck::OtherKey(format!(
+            "the TLS handshake there did not prove this member's key ({e})"
+        )),
+        Err(_) => PeerCheck::OtherKey(format!(
+            "no TLS handshake proving this member's key within {timeout:?}"
+        )),
+    }
+}
+
 async fn control(state: Arc<State>, stream: tokio::net::TcpStream) {
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
@@ -747,21 +872,23 @@ async fn control(state: Arc<State>, stream: tokio::net::TcpStream) {
 }
 
 async fn blender_status(state: &Arc<State>) -> serde_json::Value {
-    let names: Vec<String> = state.crowds.keys().cloned().collect();
+    let now = now_ms();
+    let configs: Vec<RosterConfig> = state.crowds.values().map(|c| c.config.clone()).collect();
+    // Per crowd: its counts and its members that missed the heartbeat timeout.
     let counts = state
         .with_store(move |s| {
-            names
+            configs
                 .iter()
-                .map(|n| s.counts(n))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|c| Ok((s.counts(&c.crowd)?, s.silent_members(c, now)?)))
+                .collect::<Result<Vec<_>, crate::store::StoreError>>()
         })
         .await
         .unwrap_or_default();
-    let now = now_ms();
     let mut crowds = Vec::new();
     let mut members = Vec::new();
+    let mut silent_default = Vec::new();
     for (i, crowd) in state.crowds.values().enumerate() {
-        let c = counts.get(i).copied().unwrap_or_default();
+        let (c, silent) = counts.get(i).cloned().unwrap_or_default();
         let published = crowd.published.read().unwrap_or_else(|p| p.into_inner());
         let doc = published.as_ref().map(|p| p.document.clone());
         if crowd.config.crowd == DEFAULT_CROWD {
@@ -774,9 +901,11 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
                         "addr": m.addr.to_string(),
                         "client_only": !m.forwards(),
                         "key": m.key.to_hex(),
+                        "silent": silent.contains(&m.id),
                     })
                 })
                 .collect();
+            silent_default = silent.clone();
         }
         crowds.push(serde_json::json!({
             "name": crowd.config.crowd,
@@ -784,11 +913,13 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
             "epoch": doc.as_ref().map_or(0, |d| d.epoch),
             "members": doc.as_ref().map_or(0, |d| d.members.len()),
             "pending_joins": c.pending,
+            "silent_members": silent.len(),
             "document_age_s": doc.as_ref().map(|d| now.saturating_sub(d.issued_at) / 1000),
         }));
     }
     let default = &crowds[0];
-    let accounts = counts.first().map_or(0, |c| c.accounts);
+    let accounts = counts.first().map_or(0, |(c, _)| c.accounts);
+    let first = state.crowds.values().next().map(|c| &c.config);
     let s = &state.stats;
     serde_json::json!({
         "epoch": default["epoch"],
@@ -796,7 +927,14 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
         "pending_joins": default["pending_joins"],
         "accounts": accounts,
         "pf": default["pf"],
-        "join_interval_ms": state.crowds.values().next().map(|c| c.config.join_interval_ms),
+        "silent_members": silent_default.len(),
+        "join_interval_ms": first.map(|c| c.join_interval_ms),
+        "heartbeat_timeout_ms": first.map(|c| c.heartbeat_timeout_ms),
+        "grace_period_ms": first.map(|c| c.grace_period_ms),
+        "rejoin_interval_ms": first.map(|c| c.rejoin_interval_ms),
+        // The earliest moment a waiting change can become an epoch (none is cut
+        // between two of these).
+        "next_scheduled_epoch_ms": first.map(|c| c.scheduled_after(now)),
         "database": state.database,
         "uptime_s": now.saturating_sub(state.started_at) / 1000,
         "crowds": crowds,
@@ -807,6 +945,7 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
             "joins_member": s.joins_member.load(Ordering::Relaxed),
             "joins_too_soon": s.joins_too_soon.load(Ordering::Relaxed),
             "client_only_joins": s.client_only_joins.load(Ordering::Relaxed),
+            "address_claims_refused": s.address_claims_refused.load(Ordering::Relaxed),
             "logins_refused": s.logins_refused.load(Ordering::Relaxed),
             "heartbeats": s.heartbeats.load(Ordering::Relaxed),
         },
@@ -844,6 +983,11 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                 "crowds_blender_client_only_joins_total",
                 "Joins whose peer port was unreachable.",
                 n(&c["client_only_joins"]),
+            );
+            m.counter(
+                "crowds_blender_address_claims_refused_total",
+                "Joins refused because the peer address did not prove the member's key.",
+                n(&c["address_claims_refused"]),
             );
             m.counter(
                 "crowds_blender_heartbeats_total",
@@ -884,10 +1028,12 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                     a.iter()
                         .map(|m| {
                             format!(
-                                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}…</code></td></tr>",
+                                "<tr><td>{}</td><td>{}</td><td>{}{}</td><td><code>{}…</code></td></tr>",
                                 m["id"],
                                 m["addr"].as_str().unwrap_or(""),
                                 if m["client_only"].as_bool().unwrap_or(false) { "client-only" } else { "forwarder" },
+                                // Missed the heartbeat timeout; kept for the grace period.
+                                if m["silent"].as_bool().unwrap_or(false) { " · silent" } else { "" },
                                 &m["key"].as_str().unwrap_or("")[..16.min(m["key"].as_str().unwrap_or("").len())],
                             )
                         })
@@ -898,7 +1044,7 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                 "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
                  <title>crowds blender</title><style>{style}</style></head><body><h1>Blender</h1>\
                  <p><span class=\"big\" id=\"members\">{members}</span> members · epoch <b id=\"epoch\">{epoch}</b> · pf {pf} · \
-                 {pending} joins pending · {accounts} accounts</p>\
+                 {pending} joins pending · {silent} silent · {accounts} accounts</p>\
                  <h2>Crowds</h2><table><tr><th>crowd</th><th>pf</th><th>epoch</th><th>members</th><th>pending</th></tr>{crowd_rows}</table>\
                  <p>Store: {database}.</p>\
                  <h2>Members of the default crowd</h2><table><tr><th>id</th><th>peer address</th><th>role</th><th>key</th></tr>{rows}</table>\
@@ -910,6 +1056,7 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                 epoch = st["epoch"],
                 pf = st["pf"],
                 pending = st["pending_joins"],
+                silent = st["silent_members"],
                 accounts = st["accounts"],
                 counters = serde_json::to_string_pretty(&st["counters"]).unwrap_or_default(),
                 database = st["database"].as_str().unwrap_or(""),
@@ -939,5 +1086,77 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
             resp
         }
         _ => body::text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TLS server proving `identity` on 127.0.0.1 (refusing every client key, as a
+    /// jondo refuses keys it does not know: the proof comes before that).
+    async fn tls_server(identity: &SecretKey) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = tls::server_config(identity, Arc::new(|_: &PublicKey| false)).expect("tls");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = acceptor.accept(stream).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_peer_address_must_prove_the_joining_key() {
+        let blender = SecretKey::generate().expect("key");
+        let member = SecretKey::generate().expect("key");
+        let other = SecretKey::generate().expect("key");
+        let timeout = Duration::from_secs(3);
+        let at_member = tls_server(&member).await;
+        assert_eq!(
+            check_peer(&blender, member.public(), at_member, timeout).await,
+            PeerCheck::Proven
+        );
+        // Another member's address: it answers, with its own key.
+        let at_other = tls_server(&other).await;
+        let PeerCheck::OtherKey(why) =
+            check_peer(&blender, member.public(), at_other, timeout).await
+        else {
+            panic!("another key must not prove the member's");
+        };
+        assert!(why.contains("did not prove"), "{why}");
+        // Something that accepts connections but never speaks TLS.
+        let mute = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mute_addr = mute.local_addr().expect("addr");
+        let PeerCheck::OtherKey(why) = check_peer(
+            &blender,
+            member.public(),
+            mute_addr,
+            Duration::from_millis(300),
+        )
+        .await
+        else {
+            panic!("no handshake is no proof");
+        };
+        assert!(why.contains("within"), "{why}");
+        drop(mute);
+        // Nothing listens: a firewalled (client-only) member, as before.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        assert_eq!(
+            check_peer(&blender, member.public(), closed, timeout).await,
+            PeerCheck::Unreachable
+        );
     }
 }

@@ -205,6 +205,12 @@ impl BlenderClient {
             StatusCode::OK => serde_json::from_slice(&reply.body)
                 .map_err(|_| NodeError::Blender("malformed join answer".into())),
             StatusCode::UNAUTHORIZED => Err(NodeError::LoginRefused),
+            StatusCode::FORBIDDEN => Err(NodeError::JoinRefused(
+                serde_json::from_slice::<serde_json::Value>(&reply.body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "forbidden".to_string()),
+            )),
             StatusCode::TOO_MANY_REQUESTS => {
                 let ms = serde_json::from_slice::<serde_json::Value>(&reply.body)
                     .ok()

@@ -110,6 +110,9 @@ pub async fn start_with_progress(
     let mut bconf = BlenderConfig::new(blender_dir, SocketAddr::from(([127, 0, 0, 1], 0)));
     bconf.forward_probability = config.forward_probability;
     bconf.join_interval = Duration::from_millis(500);
+    // A demo's members come and go within minutes: a stopped one is dropped as soon as
+    // it misses the heartbeat timeout, not after a day.
+    bconf.grace_period = bconf.heartbeat_timeout;
     bconf.control_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     let blender = blender::start(bconf, shutdown.clone()).await?;
     let site = site::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone()).await?;

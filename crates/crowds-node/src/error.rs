@@ -21,6 +21,10 @@ pub enum NodeError {
     /// The blender limits how often an account joins; try again after this long.
     #[error("the blender admitted this account too recently; it may join again in {0:?}")]
     JoinTooSoon(std::time::Duration),
+    /// The blender refused the join for a reason that waiting will not fix (for
+    /// example: the advertised peer address answers with another key).
+    #[error("the blender refused to admit this jondo: {0}")]
+    JoinRefused(String),
     /// The blender answered something we cannot use.
     #[error("blender: {0}")]
     Blender(String),

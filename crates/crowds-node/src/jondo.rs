@@ -1057,15 +1057,22 @@ async fn serve_peer(node: Arc<Node>, acceptor: TlsAcceptor, stream: tokio::net::
         .keep_alive_interval(link::KEEPALIVE)
         .keep_alive_timeout(link::KEEPALIVE)
         .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(result);
     tokio::select! {
-        result = result => {
+        result = result.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!("peer link ended: {e}");
             }
+            return;
         }
-        () = still_vouched => {
-            tracing::debug!("closed a peer link: its key is no longer in the crowd document");
-        }
+        () = still_vouched => {}
+    }
+    // No new stream on a key the crowd no longer vouches for (GOAWAY); what is in flight
+    // finishes, so a member leaving gracefully still completes its transfers.
+    tracing::debug!("closing a peer link: its key is no longer in the crowd document");
+    result.as_mut().graceful_shutdown();
+    if let Err(e) = result.await {
+        tracing::debug!("peer link ended: {e}");
     }
 }
 

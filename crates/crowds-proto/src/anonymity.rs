@@ -1,7 +1,8 @@
 //! The paper's closed-form anonymity figures.
 //!
 //! Owns the formulas of Reiter and Rubin for `n` members, `c` collaborators and forward
-//! probability `pf`. Pure arithmetic; used by the status page and the analysis tools.
+//! probability `pf`, and how many of `n` members an assumed share of collaborators is.
+//! Pure arithmetic; used by the status page and the analysis tools.
 
 /// Expected number of jondos on a path, initiator included: `1 + 1/(1 - pf)`.
 pub fn expected_path_length(pf: f64) -> f64 {
@@ -31,6 +32,17 @@ pub fn max_collaborators(n: u64, pf: f64) -> Option<u64> {
     (bound >= 0.0).then_some(bound as u64)
 }
 
+/// How many of `n` members collaborate if `percent` % of them do: rounded to the nearest
+/// whole member, but at least one (an assumption about collaborators that assumes none
+/// tells nothing) and fewer than `n` (the initiator is honest); 0 when `n < 2`.
+pub fn collaborators_at_percent(n: u64, percent: u64) -> u64 {
+    if n < 2 {
+        return 0;
+    }
+    let rounded = n.saturating_mul(percent).saturating_add(50) / 100;
+    rounded.clamp(1, n - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +63,21 @@ mod tests {
                 assert!(predecessor_probability(n, c, 0.75) <= 0.5 + 1e-12);
             }
         }
+    }
+
+    #[test]
+    fn share_of_collaborators() {
+        assert_eq!(collaborators_at_percent(50, 10), 5);
+        assert_eq!(collaborators_at_percent(200, 10), 20);
+        assert_eq!(collaborators_at_percent(1000, 10), 100);
+        assert_eq!(collaborators_at_percent(45, 10), 5);
+        assert_eq!(collaborators_at_percent(44, 10), 4);
+        // Small crowds: at least one, never everybody.
+        assert_eq!(collaborators_at_percent(6, 10), 1);
+        assert_eq!(collaborators_at_percent(2, 10), 1);
+        assert_eq!(collaborators_at_percent(2, 100), 1);
+        assert_eq!(collaborators_at_percent(1, 10), 0);
+        assert_eq!(collaborators_at_percent(0, 10), 0);
+        assert_eq!(collaborators_at_percent(u64::MAX, 10), u64::MAX / 100);
     }
 }

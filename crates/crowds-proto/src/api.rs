@@ -164,6 +164,16 @@ mod tests {
             (50_000, 15_000)
         );
         assert_eq!(suggested_intervals(0, 100, 100), (1_000, 1_000));
+        // The default day-long join interval does not slow polls down: they stay at a
+        // second per thousand members, so the scheduled epoch reaches everyone soon.
+        assert_eq!(
+            suggested_intervals(1_000, 30_000, 86_400_000),
+            (5_000, 1_000)
+        );
+        assert_eq!(
+            suggested_intervals(20_000, 30_000, 86_400_000),
+            (5_000, 20_000)
+        );
         assert_eq!(parse_hint(b"5000"), Some(5_000));
         for bad in [&b"999"[..], b"3600001", b"-1", b"5s", b"", b"\xff"] {
             assert_eq!(parse_hint(bad), None, "{bad:?}");

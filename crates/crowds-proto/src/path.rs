@@ -121,7 +121,8 @@ pub fn choose_hop<R: Rng + ?Sized>(
 /// Every member predecessor gets an equal share of the table ([`PathTable::predecessor_share`]),
 /// so the shares of all members together fit in [`MAX_PATHS`]: a few collaborating
 /// predecessors opening paths in bulk only have their own new paths refused. The
-/// jondo's own user ([`Predecessor::Local`]) counts against no limit.
+/// jondo's own user's path ([`Predecessor::Local`], [`PathId::LOCAL`]) counts against
+/// no limit.
 #[derive(Debug, Default)]
 pub struct PathTable {
     routes: HashMap<(Predecessor, PathId), Hop>,
@@ -162,12 +163,10 @@ impl PathTable {
             .clamp(MIN_PATHS_PER_PREDECESSOR, MAX_PATHS_PER_PREDECESSOR)
     }
 
-    /// The bound on all entries: every member's share (at least [`MAX_PATHS`]), plus
-    /// the user's own path.
+    /// The bound on member predecessors' entries: every member's share, at least
+    /// [`MAX_PATHS`]. The user's own path may come on top (one entry).
     fn capacity(&self) -> usize {
-        MAX_PATHS
-            .max(self.crowd_size.saturating_mul(self.predecessor_share()))
-            .saturating_add(1)
+        MAX_PATHS.max(self.crowd_size.saturating_mul(self.predecessor_share()))
     }
 
     /// Whether no path is known.
@@ -194,7 +193,7 @@ impl PathTable {
             None => {}
         }
         // The user's own path is never refused: it is one entry (PathId::LOCAL).
-        if pred != Predecessor::Local {
+        if (pred, path) != (Predecessor::Local, PathId::LOCAL) {
             if self.per_predecessor.get(&pred).copied().unwrap_or(0) >= self.predecessor_share() {
                 return Err(RouteError::PredecessorFull);
             }

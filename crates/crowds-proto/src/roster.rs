@@ -1,10 +1,16 @@
 //! The blender's membership rules: who is admitted when, and when an epoch ends.
 //!
-//! Owns the batching of joins (at most one new epoch per join interval, so every jondo
-//! re-forms its paths at the same moment and a newcomer's path does not stand out),
-//! heartbeat expiry (a silent member is dropped at the next epoch) and the content of
-//! each new crowd document. Time is passed in (unix milliseconds); nothing here signs,
-//! stores or sends: the blender daemon does that with what [`Roster::poll_epoch`] returns.
+//! Owns the batching of joins, leaves and drops into scheduled epochs, heartbeat
+//! expiry and the content of each new crowd document. Every epoch re-forms every path
+//! in the crowd and gives collaborators another sample of each initiator's predecessor,
+//! so nobody may choose when one happens: apart from a crowd's very first epoch, epochs
+//! are cut only at scheduled times, multiples of the join interval since the unix epoch
+//! ([`RosterConfig::scheduled_after`]; midnight UTC for a day), and only if a change is
+//! waiting. A member of the current epoch that goes silent keeps its place for a grace
+//! period (a laptop that sleeps costs nobody a re-formation); only pending joins expire
+//! after the heartbeat timeout. Time is passed in (unix milliseconds); nothing here
+//! signs, stores or sends: the blender daemon does that with what [`Roster::poll_epoch`]
+//! returns.
 
 use crate::document::{CrowdDocument, Member};
 use crate::MemberId;
@@ -17,10 +23,15 @@ pub struct RosterConfig {
     pub crowd: String,
     /// The forward probability published in every document.
     pub forward_probability: f64,
-    /// At most one new epoch per this many milliseconds.
+    /// Epochs are cut only at multiples of this many milliseconds since the unix epoch
+    /// (at most one per interval), and only when a change is waiting.
     pub join_interval_ms: u64,
-    /// A member silent for this long is dropped at the next epoch.
+    /// A pending join silent for this long is discarded; a member silent this long is
+    /// shown as silent (but stays a member for the grace period).
     pub heartbeat_timeout_ms: u64,
+    /// A member of the current epoch silent for longer than this is dropped at the next
+    /// scheduled epoch; one that comes back within it is simply still a member.
+    pub grace_period_ms: u64,
     /// How long a signed document stays valid.
     pub document_lifetime_ms: u64,
     /// An account is admitted at most once per this many milliseconds: every admission
@@ -49,10 +60,72 @@ pub struct RosterState {
     pub epoch: u64,
     /// When it was cut (unix ms), if ever.
     pub last_epoch_at: Option<u64>,
+    /// When the epoch clock last looked at the crowd (unix ms), if known: a scheduled
+    /// time counts only at the first look at or after it (see [`Roster::next_epoch_at`]).
+    pub last_checked_at: Option<u64>,
     /// Members of the current epoch: the member, its last heartbeat, whether it leaves.
     pub members: Vec<(Member, u64, bool)>,
     /// Members waiting for the next epoch, with their last heartbeat.
     pub pending: Vec<(Member, u64)>,
+}
+
+impl RosterConfig {
+    /// The first scheduled epoch time strictly after `t`: the next multiple of the join
+    /// interval since the unix epoch. The grid is fixed in advance, not counted from the
+    /// last epoch or from any request, so no member chooses the moment by joining or
+    /// leaving.
+    pub fn scheduled_after(&self, t: u64) -> u64 {
+        let interval = self.join_interval_ms.max(1);
+        (t / interval).saturating_add(1).saturating_mul(interval)
+    }
+
+    /// When the next epoch may be cut, if a change is waiting: at once for a crowd's
+    /// first epoch (so a new crowd starts), else the first scheduled time after the last
+    /// epoch that the clock has not looked past yet. `last_checked_at` is when the clock
+    /// last looked: a scheduled time that passed with nothing waiting is gone, so a
+    /// change arriving later waits for the next one instead of cutting an epoch at the
+    /// moment of its arrival.
+    pub fn next_scheduled(
+        &self,
+        last_epoch_at: Option<u64>,
+        last_checked_at: Option<u64>,
+        now: u64,
+    ) -> u64 {
+        match last_epoch_at {
+            None => now,
+            Some(t) => self.scheduled_after(last_checked_at.map_or(t, |c| c.max(t))),
+        }
+    }
+
+    /// A member last heard before this time (unix ms) is [`RosterConfig::expired`] at
+    /// `now`: a store can select them with `last_seen < expired_before(now)`.
+    pub fn expired_before(&self, now: u64) -> u64 {
+        now.saturating_sub(self.grace_period_ms)
+    }
+
+    /// A member or pending join last heard before this time is [`RosterConfig::silent`]
+    /// at `now`.
+    pub fn silent_before(&self, now: u64) -> u64 {
+        now.saturating_sub(self.heartbeat_timeout_ms)
+    }
+
+    /// Whether a member last heard at `last_seen` is dropped at the next scheduled epoch:
+    /// silent for longer than the grace period.
+    pub fn expired(&self, last_seen: u64, now: u64) -> bool {
+        last_seen < self.expired_before(now)
+    }
+
+    /// Whether a member last heard at `last_seen` is shown as silent: it missed the
+    /// heartbeat timeout (it is not dropped before the grace period has passed).
+    pub fn silent(&self, last_seen: u64, now: u64) -> bool {
+        last_seen < self.silent_before(now)
+    }
+
+    /// Whether a pending join last heard at `last_seen` still counts: a join silent for
+    /// the heartbeat timeout is discarded at the next epoch (it never was a member).
+    pub fn pending_alive(&self, last_seen: u64, now: u64) -> bool {
+        !self.silent(last_seen, now)
+    }
 }
 
 /// The rule for a join request, apart from any state: `current` is the account's member
@@ -93,6 +166,8 @@ pub struct Roster {
     pending: BTreeMap<MemberId, Entry>,
     leaving: Vec<MemberId>,
     last_epoch_at: Option<u64>,
+    /// When [`Roster::poll_epoch`] last looked (see [`RosterConfig::next_scheduled`]).
+    last_checked_at: Option<u64>,
     admitted_at: BTreeMap<MemberId, u64>,
     forced: bool,
 }
@@ -104,7 +179,8 @@ impl Roster {
     }
 
     /// A crowd restored from storage: the last epoch and its members (all considered
-    /// seen at `now`, so members get one heartbeat timeout to come back).
+    /// seen at `now`, so members get a whole grace period to come back; the epoch is
+    /// taken as cut at `now`, so the next one waits for its scheduled time).
     pub fn resume(config: RosterConfig, epoch: u64, members: Vec<Member>, now: u64) -> Self {
         let members = members
             .into_iter()
@@ -124,7 +200,8 @@ impl Roster {
             members,
             pending: BTreeMap::new(),
             leaving: Vec::new(),
-            last_epoch_at: None,
+            last_epoch_at: (epoch > 0).then_some(now),
+            last_checked_at: None,
             admitted_at: BTreeMap::new(),
             forced: false,
         }
@@ -152,6 +229,7 @@ impl Roster {
             pending: state.pending.into_iter().map(entry).collect(),
             leaving,
             last_epoch_at: state.last_epoch_at,
+            last_checked_at: state.last_checked_at,
             admitted_at: BTreeMap::new(),
             forced: false,
         }
@@ -231,15 +309,26 @@ impl Roster {
         }
     }
 
-    fn expired(&self, now: u64) -> impl Iterator<Item = MemberId> + '_ {
+    /// Members of the current epoch silent for longer than the grace period: they are
+    /// dropped at the next scheduled epoch.
+    pub fn expired(&self, now: u64) -> impl Iterator<Item = MemberId> + '_ {
         self.members
             .values()
-            .filter(move |e| now.saturating_sub(e.last_seen) > self.config.heartbeat_timeout_ms)
+            .filter(move |e| self.config.expired(e.last_seen, now))
             .map(|e| e.member.id)
     }
 
-    /// Asks for a new epoch with the same members at the next opportunity (the crowd's
-    /// settings changed, e.g. its pf).
+    /// Members of the current epoch that missed the heartbeat timeout (shown as silent;
+    /// still members until the grace period has passed).
+    pub fn silent(&self, now: u64) -> impl Iterator<Item = MemberId> + '_ {
+        self.members
+            .values()
+            .filter(move |e| self.config.silent(e.last_seen, now))
+            .map(|e| e.member.id)
+    }
+
+    /// Asks for a new epoch with the same members at the next scheduled time (the
+    /// crowd's settings changed, e.g. its pf).
     pub fn force_epoch(&mut self) {
         self.forced = true;
     }
@@ -251,25 +340,32 @@ impl Roster {
         let pending_alive = self
             .pending
             .values()
-            .any(|e| now.saturating_sub(e.last_seen) <= self.config.heartbeat_timeout_ms);
+            .any(|e| self.config.pending_alive(e.last_seen, now));
         pending_alive || !self.leaving.is_empty() || self.expired(now).next().is_some()
     }
 
-    /// When [`Roster::poll_epoch`] may next produce an epoch, if a change is waiting.
+    /// When [`Roster::poll_epoch`] may next produce an epoch, if a change is waiting:
+    /// at once for the crowd's first epoch, else the next scheduled time (see
+    /// [`RosterConfig::next_scheduled`]); it may lie in the past, when the clock did not
+    /// look at the crowd since that time.
     pub fn next_epoch_at(&self, now: u64) -> Option<u64> {
         if !self.change_waiting(now) {
             return None;
         }
-        Some(match self.last_epoch_at {
-            None => now,
-            Some(t) => t.saturating_add(self.config.join_interval_ms).max(now),
-        })
+        Some(
+            self.config
+                .next_scheduled(self.last_epoch_at, self.last_checked_at, now),
+        )
     }
 
-    /// Cuts a new epoch if a change is waiting and the join interval has passed.
-    /// Returns the new document (unsigned) for the blender to sign and publish.
+    /// Cuts a new epoch if a change is waiting and its scheduled time has come.
+    /// Returns the new document (unsigned) for the blender to sign and publish. Every
+    /// call counts as the clock looking at the crowd: a scheduled time passed by a call
+    /// that found nothing waiting is not used again.
     pub fn poll_epoch(&mut self, now: u64) -> Option<CrowdDocument> {
-        if self.next_epoch_at(now)? > now {
+        let due = self.next_epoch_at(now).is_some_and(|at| at <= now);
+        self.last_checked_at = Some(self.last_checked_at.map_or(now, |c| c.max(now)));
+        if !due {
             return None;
         }
         let expired: Vec<MemberId> = self.expired(now).collect();
@@ -277,7 +373,6 @@ impl Roster {
             self.members.remove(id);
         }
         self.leaving.clear();
-        let timeout = self.config.heartbeat_timeout_ms;
         let pending = std::mem::take(&mut self.pending);
         // Who holds each key now: one pass, not one per admitted member.
         let mut holders: std::collections::HashMap<crate::identity::PublicKey, MemberId> = self
@@ -286,7 +381,7 @@ impl Roster {
             .map(|e| (e.member.key, e.member.id))
             .collect();
         for (id, entry) in pending {
-            if now.saturating_sub(entry.last_seen) > timeout {
+            if !self.config.pending_alive(entry.last_seen, now) {
                 continue;
             }
             // A key may only belong to one member: drop any other holder.
@@ -329,12 +424,15 @@ mod tests {
     use crate::identity::PublicKey;
     use std::net::SocketAddr;
 
+    /// Epochs on a 30 s grid; pending joins expire after 20 s of silence, members after
+    /// 100 s.
     fn config() -> RosterConfig {
         RosterConfig {
             crowd: "default".into(),
             forward_probability: 0.75,
             join_interval_ms: 30_000,
             heartbeat_timeout_ms: 20_000,
+            grace_period_ms: 100_000,
             document_lifetime_ms: 600_000,
             rejoin_interval_ms: 0,
         }
@@ -346,6 +444,59 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 2], 7000 + id as u16)),
             key: PublicKey([id as u8; 32]),
             flags: 0,
+        }
+    }
+
+    fn ids(d: &CrowdDocument) -> Vec<MemberId> {
+        d.members.iter().map(|m| m.id).collect()
+    }
+
+    /// A roster whose first epoch (at time 0) admitted members `1..=n`.
+    fn crowd_of(n: u64) -> Roster {
+        let mut r = Roster::new(config());
+        for id in 1..=n {
+            r.handle_join(member(id), 0);
+        }
+        r.poll_epoch(0).expect("the first epoch is cut at once");
+        r
+    }
+
+    #[test]
+    fn scheduled_times_are_a_fixed_grid() {
+        let c = config();
+        assert_eq!(c.scheduled_after(0), 30_000);
+        assert_eq!(c.scheduled_after(29_999), 30_000);
+        assert_eq!(c.scheduled_after(30_000), 60_000, "strictly after");
+        // A day's interval: midnight UTC, whenever the last epoch was.
+        let day = RosterConfig {
+            join_interval_ms: 86_400_000,
+            ..config()
+        };
+        let noon_2024_06_01 = 1_717_243_200_000;
+        assert_eq!(day.scheduled_after(noon_2024_06_01), 1_717_286_400_000);
+        assert_eq!(day.scheduled_after(noon_2024_06_01) % 86_400_000, 0);
+        // Before the first epoch there is no schedule.
+        assert_eq!(c.next_scheduled(None, Some(5), 17), 17);
+        // A scheduled time the clock looked past is gone.
+        assert_eq!(c.next_scheduled(Some(1_000), Some(31_000), 40_000), 60_000);
+        assert_eq!(c.next_scheduled(Some(1_000), Some(29_000), 40_000), 30_000);
+    }
+
+    /// The cut-off times a store selects with say exactly what the rules say.
+    #[test]
+    fn silence_cutoffs_match_the_rules() {
+        let c = config();
+        let times: [u64; 12] = [
+            0, 1, 19_999, 20_000, 20_001, 79_999, 80_000, 99_999, 100_000, 100_001, 150_000,
+            250_000,
+        ];
+        for now in times {
+            for seen in times {
+                let silence = now.saturating_sub(seen);
+                assert_eq!(c.expired(seen, now), silence > 100_000, "{seen} {now}");
+                assert_eq!(c.silent(seen, now), silence > 20_000, "{seen} {now}");
+                assert_eq!(c.pending_alive(seen, now), silence <= 20_000);
+            }
         }
     }
 
@@ -366,34 +517,75 @@ mod tests {
         r.handle_heartbeat(1, 25_000);
         let d2 = r.poll_epoch(30_000).expect("second epoch");
         assert_eq!(d2.epoch, 2);
-        assert_eq!(
-            d2.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-            [1, 2, 3]
-        );
+        assert_eq!(ids(&d2), [1, 2, 3]);
     }
 
+    /// A join arriving after a scheduled time passed with nothing waiting waits for the
+    /// next scheduled time: it cannot cut an epoch at the moment of its arrival.
     #[test]
-    fn silent_members_are_dropped_at_next_epoch() {
-        let mut r = Roster::new(config());
-        r.handle_join(member(1), 0);
-        r.handle_join(member(2), 0);
-        r.poll_epoch(0).expect("epoch 1");
-        r.handle_heartbeat(1, 19_000);
-        assert_eq!(r.next_epoch_at(19_000), None, "nobody silent yet");
-        r.handle_heartbeat(1, 35_000);
-        let d = r.poll_epoch(35_000).expect("member 2 timed out");
-        assert_eq!(d.members.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
+    fn a_join_waits_for_the_scheduled_time() {
+        let mut r = crowd_of(1);
+        r.handle_heartbeat(1, 29_000);
+        assert_eq!(r.poll_epoch(30_000), None, "nothing waiting at 30 s");
+        r.handle_heartbeat(1, 40_000);
+        assert_eq!(r.handle_join(member(2), 41_000), JoinOutcome::Pending);
+        assert_eq!(r.next_epoch_at(41_000), Some(60_000));
+        for now in [41_000, 45_000, 59_999] {
+            r.handle_heartbeat(2, now);
+            assert_eq!(r.poll_epoch(now), None, "no epoch at {now}");
+        }
+        r.handle_heartbeat(1, 59_999);
+        let d = r.poll_epoch(60_000).expect("the scheduled epoch");
+        assert_eq!((d.epoch, ids(&d)), (2, vec![1, 2]));
+        assert_eq!(d.issued_at, 60_000);
+    }
+
+    /// A member that misses heartbeats for less than the grace period stays a member:
+    /// no epoch, nothing changes, even across scheduled times.
+    #[test]
+    fn a_member_silent_within_the_grace_period_is_kept_and_cuts_no_epoch() {
+        let mut r = crowd_of(2);
+        for now in (0..=90_000).step_by(10_000) {
+            r.handle_heartbeat(1, now);
+            assert_eq!(r.next_epoch_at(now), None, "member 2 silent for {now} ms");
+            assert_eq!(r.poll_epoch(now), None);
+        }
+        assert_eq!(r.silent(90_000).collect::<Vec<_>>(), [2], "shown as silent");
+        assert_eq!(r.expired(90_000).count(), 0, "but not dropped");
+        // Back after 95 s: simply still a member.
+        assert!(r.handle_heartbeat(2, 95_000));
+        assert_eq!(r.handle_join(member(2), 95_000), JoinOutcome::AlreadyMember);
+        r.handle_heartbeat(1, 95_000);
+        assert_eq!(r.silent(95_000).count(), 0);
+        assert_eq!(r.next_epoch_at(120_000), None);
+        assert_eq!(r.poll_epoch(120_000), None);
+        assert_eq!((r.epoch(), r.members().count()), (1, 2));
+    }
+
+    /// Silent beyond the grace period: dropped at the next scheduled time, not earlier.
+    #[test]
+    fn a_member_silent_beyond_the_grace_period_is_dropped_at_the_next_scheduled_time() {
+        let mut r = crowd_of(2);
+        for now in [30_000, 60_000, 90_000] {
+            r.handle_heartbeat(1, now);
+            assert_eq!(r.poll_epoch(now), None);
+        }
+        r.handle_heartbeat(1, 100_500);
+        assert_eq!(r.expired(100_500).collect::<Vec<_>>(), [2]);
+        assert_eq!(r.next_epoch_at(100_500), Some(120_000));
+        assert_eq!(r.poll_epoch(100_500), None, "not before its scheduled time");
+        r.handle_heartbeat(1, 119_000);
+        let d = r.poll_epoch(120_000).expect("member 2 is dropped");
+        assert_eq!((d.epoch, ids(&d)), (2, vec![1]));
         assert!(
-            !r.handle_heartbeat(2, 36_000),
+            !r.handle_heartbeat(2, 121_000),
             "dropped member is a stranger"
         );
     }
 
     #[test]
     fn rejoining_member_is_a_heartbeat_and_leave_is_batched() {
-        let mut r = Roster::new(config());
-        r.handle_join(member(1), 0);
-        r.poll_epoch(0).expect("epoch 1");
+        let mut r = crowd_of(1);
         assert_eq!(r.handle_join(member(1), 5_000), JoinOutcome::AlreadyMember);
         assert_eq!(r.next_epoch_at(5_000), None);
         let mut moved = member(1);
@@ -404,8 +596,41 @@ mod tests {
         assert_eq!(d.members, vec![moved]);
         r.handle_leave(1);
         assert!(!r.handle_heartbeat(9, 40_000));
-        assert_eq!(r.poll_epoch(40_000), None, "join interval still applies");
+        assert_eq!(r.poll_epoch(40_000), None, "the schedule still applies");
         assert!(r.poll_epoch(60_000).expect("epoch 3").members.is_empty());
+    }
+
+    /// Leaving and joining again, in any order and at any moment, never cuts an epoch
+    /// off the schedule: at most it puts a change into the next scheduled epoch.
+    #[test]
+    fn leave_and_rejoin_cannot_cut_an_extra_epoch() {
+        let mut r = crowd_of(2);
+        let mut epochs = vec![(0, 1)];
+        for now in (1_000..=150_000).step_by(1_000) {
+            r.handle_heartbeat(1, now);
+            // Member 2 leaves and comes back (same key, same address) every few seconds,
+            // and once with a new address.
+            match now % 7_000 {
+                0 => r.handle_leave(2),
+                3_000 => {
+                    let mut m = member(2);
+                    if now == 73_000 {
+                        m.addr = SocketAddr::from(([127, 0, 0, 99], 9));
+                    }
+                    r.handle_join(m, now);
+                }
+                _ => {
+                    r.handle_heartbeat(2, now);
+                }
+            }
+            if let Some(d) = r.poll_epoch(now) {
+                epochs.push((now, d.epoch));
+            }
+        }
+        assert!(epochs.len() > 1, "some change landed: {epochs:?}");
+        for (at, epoch) in &epochs[1..] {
+            assert_eq!(at % 30_000, 0, "epoch {epoch} cut off the schedule at {at}");
+        }
     }
 
     #[test]
@@ -416,17 +641,19 @@ mod tests {
         });
         r.handle_join(member(1), 0);
         r.poll_epoch(0).expect("epoch 1");
-        // Silent, dropped, then back with a new address after 2 minutes: too soon.
-        r.poll_epoch(60_000).expect("dropped");
+        // Silent beyond the grace period, dropped at 120 s, then back with a new address
+        // at 150 s: too soon.
+        assert_eq!(r.poll_epoch(90_000), None, "within the grace period");
+        r.poll_epoch(120_000).expect("dropped");
         let mut moved = member(1);
         moved.addr = SocketAddr::from(([127, 0, 0, 3], 1));
         assert_eq!(
-            r.handle_join(moved.clone(), 120_000),
+            r.handle_join(moved.clone(), 150_000),
             JoinOutcome::TooSoon {
-                retry_after_ms: 180_000
+                retry_after_ms: 150_000
             }
         );
-        assert_eq!(r.next_epoch_at(120_000), None, "nothing pending");
+        assert_eq!(r.next_epoch_at(150_000), None, "nothing pending");
         assert_eq!(r.handle_join(moved, 300_000), JoinOutcome::Pending);
         // An unchanged member re-joining is only a heartbeat, never limited.
         let d = r.poll_epoch(300_000).expect("epoch");
@@ -434,6 +661,43 @@ mod tests {
             r.handle_join(d.members[0].clone(), 301_000),
             JoinOutcome::AlreadyMember
         );
+    }
+
+    /// A pending join still expires after the heartbeat timeout, not the grace period.
+    #[test]
+    fn a_silent_pending_join_is_discarded() {
+        let mut r = crowd_of(1);
+        r.handle_join(member(2), 1_000);
+        r.handle_heartbeat(1, 25_000);
+        assert_eq!(
+            r.next_epoch_at(25_000),
+            None,
+            "the join went silent at 21 s"
+        );
+        assert_eq!(r.poll_epoch(30_000), None);
+        assert_eq!(r.pending_count(), 1, "kept until an epoch discards it");
+        // Another join cuts the next epoch; the silent one is not admitted.
+        r.handle_join(member(3), 40_000);
+        r.handle_heartbeat(1, 59_000);
+        let d = r.poll_epoch(60_000).expect("epoch 2");
+        assert_eq!(ids(&d), [1, 3]);
+        assert_eq!(r.pending_count(), 0);
+    }
+
+    /// A roster resumed from storage schedules its next epoch; it does not cut one at
+    /// once, and its members get a whole grace period.
+    #[test]
+    fn a_resumed_roster_keeps_the_schedule() {
+        let mut r = Roster::resume(config(), 7, vec![member(1), member(2)], 45_000);
+        r.handle_join(member(3), 45_000);
+        assert_eq!(r.next_epoch_at(45_000), Some(60_000));
+        assert_eq!(r.poll_epoch(45_000), None);
+        for id in 1..=3 {
+            r.handle_heartbeat(id, 59_000);
+        }
+        let d = r.poll_epoch(60_000).expect("epoch 8");
+        assert_eq!((d.epoch, ids(&d)), (8, vec![1, 2, 3]));
+        assert_eq!(r.poll_epoch(140_000), None, "members 1, 2 within grace");
     }
 
     #[test]
@@ -472,10 +736,7 @@ mod tests {
         }
         let d = r.poll_epoch(30_000).expect("epoch 2");
         assert!(d.check().is_ok(), "{:?}", d.check());
-        assert_eq!(
-            d.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-            [1, 3, 5]
-        );
+        assert_eq!(ids(&d), [1, 3, 5]);
         assert_eq!(d.member(1).map(|m| m.key), Some(PublicKey([99; 32])));
     }
 }

@@ -1,7 +1,10 @@
 //! `crowds analyze`: the anonymity figures of a crowd, closed forms beside Monte Carlo
 //! estimates over the real path code ([`crowds_proto::analysis`]), as a text report,
-//! JSON or an SVG of two plots. This file only checks flags, runs the estimators and
-//! formats; every formula and simulation lives in `crowds-proto`.
+//! JSON or an SVG of two plots; with `--reformations-list`, also P(the initiator stands
+//! out) after each listed number of re-formations, the approximation beside Monte Carlo
+//! (to compare join policies: a month of daily epochs against one of 30 s joins). This
+//! file only checks flags, runs the estimators and formats; every formula and simulation
+//! lives in `crowds-proto`.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -20,6 +23,13 @@ pub const MAX_TRIALS: u64 = 10_000_000;
 
 /// Most re-formations per predecessor-attack campaign (`--reformations`).
 pub const MAX_REFORMATIONS: u64 = 10_000;
+
+/// Most re-formations one `--reformations-list` entry may name: a month of joins every
+/// 3 s, well past the point where every crowd's initiator stands out.
+pub const MAX_LISTED_REFORMATIONS: u64 = 1_000_000;
+
+/// Most entries in `--reformations-list`.
+pub const MAX_LIST_ENTRIES: usize = 32;
 
 /// Most jondo hops `--trials` paths may walk in all (`trials * expected length`), so a pf
 /// close to 1 cannot turn a run into hours.
@@ -82,6 +92,11 @@ pub struct AnalyzeArgs {
     /// Seed of the random number generator (ChaCha8) [default: random, printed].
     #[arg(long)]
     seed: Option<u64>,
+    /// Also show P(initiator stands out after R) for each R in this comma-separated list
+    /// (1 to 1000000 each, at most 32), e.g. 30,60,86400: the approximation (an upper
+    /// bound) always, Monte Carlo where --trials buys enough campaigns.
+    #[arg(long, value_name = "R,...", value_delimiter = ',')]
+    reformations_list: Vec<u64>,
     /// Print every figure as JSON instead of the text report.
     #[arg(long)]
     json: bool,
@@ -100,6 +115,15 @@ struct Analysis {
     attack: AttackStats,
     curve: StandOutCurve,
     rows: Vec<JoinRow>,
+    listed: Vec<ListedRow>,
+}
+
+/// One `--reformations-list` entry.
+struct ListedRow {
+    reformations: u64,
+    /// [`CrowdModel::stand_out_probability`]: an upper bound.
+    approximation: f64,
+    stands_out: RowResult,
 }
 
 /// One line of the join-rate table.
@@ -128,7 +152,13 @@ enum RowResult {
 pub fn run(args: AnalyzeArgs) -> Result<()> {
     let model = check(&args)?;
     let seed = args.seed.unwrap_or_else(rand::random);
-    let analysis = analyse(model, seed, args.trials, args.reformations)?;
+    let analysis = analyse(
+        model,
+        seed,
+        args.trials,
+        args.reformations,
+        &args.reformations_list,
+    )?;
     if let Some(path) = &args.svg {
         std::fs::write(path, svg(&analysis))
             .with_context(|| format!("cannot write --svg {}", path.display()))?;
@@ -193,11 +223,64 @@ fn check(args: &AnalyzeArgs) -> Result<CrowdModel> {
             args.reformations
         );
     }
+    if args.reformations_list.len() > MAX_LIST_ENTRIES {
+        bail!(
+            "--reformations-list has {} entries: at most {MAX_LIST_ENTRIES}",
+            args.reformations_list.len()
+        );
+    }
+    if let Some(bad) = args
+        .reformations_list
+        .iter()
+        .find(|r| !(1..=MAX_LISTED_REFORMATIONS).contains(*r))
+    {
+        bail!(
+            "--reformations-list entry {bad} is invalid: each must be 1 to {MAX_LISTED_REFORMATIONS}"
+        );
+    }
     CrowdModel::new(args.members, args.collaborators, args.pf).map_err(Into::into)
 }
 
+/// P(the initiator stands out after `r` re-formations) by Monte Carlo: read off the curve
+/// if it reached `r`, else `campaign_paths / r` campaigns of their own (at most
+/// [`ROW_CAMPAIGNS`]`.1`), or a note of the `--trials` that would buy
+/// [`ROW_CAMPAIGNS`]`.0` of them.
+fn stands_out_after(
+    rng: &mut ChaCha8Rng,
+    crowd: &mut SimulatedCrowd,
+    curve: &StandOutCurve,
+    campaign_paths: u64,
+    scale: f64,
+    r: u64,
+) -> Result<RowResult> {
+    let campaigns = (campaign_paths / r).min(ROW_CAMPAIGNS.1);
+    Ok(if crowd.model().collaborators() == 0 {
+        RowResult::NobodyObserved
+    } else if let Some(e) = curve.at(r) {
+        RowResult::Estimated(e)
+    } else if campaigns < ROW_CAMPAIGNS.0 {
+        let paths = (ROW_CAMPAIGNS.0 * r) as f64 / scale / ROW_BUDGET as f64;
+        RowResult::NotSimulated {
+            trials_needed: paths.ceil() as u64,
+        }
+    } else {
+        match analysis::predecessor_attack(rng, crowd, r, campaigns)?.initiator_stands_out {
+            Some(e) => RowResult::Estimated(e),
+            None => RowResult::NotSimulated {
+                trials_needed: MAX_TRIALS,
+            },
+        }
+    })
+}
+
 /// Runs every estimator, in a fixed order, from one seeded generator.
-fn analyse(model: CrowdModel, seed: u64, trials: u64, reformations: u64) -> Result<Analysis> {
+fn analyse(
+    model: CrowdModel,
+    seed: u64,
+    trials: u64,
+    reformations: u64,
+    listed: &[u64],
+) -> Result<Analysis> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut crowd = SimulatedCrowd::new(model);
     let paths = analysis::simulate_paths(&mut rng, &mut crowd, trials)?;
@@ -229,32 +312,30 @@ fn analyse(model: CrowdModel, seed: u64, trials: u64, reformations: u64) -> Resu
     let mut rows = Vec::new();
     for (interval_seconds, label) in JOIN_INTERVALS {
         let r = PERIOD_SECONDS / interval_seconds;
-        let campaigns = (budget(ROW_BUDGET) / r).min(ROW_CAMPAIGNS.1);
-        let stands_out = if model.collaborators() == 0 {
-            RowResult::NobodyObserved
-        } else if let Some(e) = curve.at(r) {
-            RowResult::Estimated(e)
-        } else if campaigns < ROW_CAMPAIGNS.0 {
-            let paths = (ROW_CAMPAIGNS.0 * r) as f64 / scale / ROW_BUDGET as f64;
-            RowResult::NotSimulated {
-                trials_needed: paths.ceil() as u64,
-            }
-        } else {
-            match analysis::predecessor_attack(&mut rng, &mut crowd, r, campaigns)?
-                .initiator_stands_out
-            {
-                Some(e) => RowResult::Estimated(e),
-                None => RowResult::NotSimulated {
-                    trials_needed: MAX_TRIALS,
-                },
-            }
-        };
+        let stands_out =
+            stands_out_after(&mut rng, &mut crowd, &curve, budget(ROW_BUDGET), scale, r)?;
         rows.push(JoinRow {
             label,
             interval_seconds,
             per_day: 24 * 3600 / interval_seconds,
             reformations: r,
             stands_out,
+        });
+    }
+    // Last, so a list changes none of the figures above for the same seed.
+    let mut listed_rows = Vec::new();
+    for &r in listed {
+        listed_rows.push(ListedRow {
+            reformations: r,
+            approximation: model.stand_out_probability(r),
+            stands_out: stands_out_after(
+                &mut rng,
+                &mut crowd,
+                &curve,
+                budget(ROW_BUDGET),
+                scale,
+                r,
+            )?,
         });
     }
     Ok(Analysis {
@@ -265,6 +346,7 @@ fn analyse(model: CrowdModel, seed: u64, trials: u64, reformations: u64) -> Resu
         attack,
         curve,
         rows,
+        listed: listed_rows,
     })
 }
 
@@ -482,23 +564,65 @@ fn report(a: &Analysis) -> String {
         "joins every", "re-formations/day", "R in a week"
     );
     for row in &a.rows {
-        let p = match row.stands_out {
-            RowResult::NobodyObserved => "0 (nobody is observed)".to_string(),
-            RowResult::NotSimulated { trials_needed } => {
-                format!("not simulated (needs --trials {trials_needed} or more)")
-            }
-            RowResult::Estimated(e) => format!(
-                "{:.3} [{:.3}, {:.3}] ({} campaigns)",
-                e.value, e.low, e.high, e.samples
-            ),
-        };
+        let p = row_text(&row.stands_out);
         let _ = writeln!(
             out,
             "  {:<12}{:>18}{:>14}   {p}",
             row.label, row.per_day, row.reformations
         );
     }
+    if !a.listed.is_empty() {
+        listed_report(&mut out, a);
+    }
     out
+}
+
+/// The `--reformations-list` table.
+fn listed_report(out: &mut String, a: &Analysis) {
+    let _ = writeln!(
+        out,
+        "\nP(initiator stands out after R) for the listed R: the approximation of crowds-proto\n\
+         (an upper bound: it treats the other members' counts as independent) beside Monte Carlo.\n"
+    );
+    let _ = writeln!(
+        out,
+        "  {:>9}  {:>13}   Monte Carlo, 95% interval",
+        "R", "approximation"
+    );
+    for row in &a.listed {
+        let _ = writeln!(
+            out,
+            "  {:>9}  {:>13.4}   {}",
+            row.reformations,
+            row.approximation,
+            row_text(&row.stands_out)
+        );
+    }
+    let _ = match a.model.reformations_to_stand_out(0.5, MAX_LISTED_REFORMATIONS) {
+        Some(r) => writeln!(
+            out,
+            "\nBy the approximation the initiator likely (p >= 1/2) stands out after {r} re-formations."
+        ),
+        None if a.model.collaborators() == 0 => writeln!(out, "\nWith no collaborators nobody is ever observed."),
+        None => writeln!(
+            out,
+            "\nBy the approximation the initiator does not likely stand out within {MAX_LISTED_REFORMATIONS} re-formations."
+        ),
+    };
+}
+
+/// A Monte Carlo result of a table row, in words.
+fn row_text(result: &RowResult) -> String {
+    match result {
+        RowResult::NobodyObserved => "0 (nobody is observed)".to_string(),
+        RowResult::NotSimulated { trials_needed } => {
+            format!("not simulated (needs --trials {trials_needed} or more)")
+        }
+        RowResult::Estimated(e) => format!(
+            "{:.3} [{:.3}, {:.3}] ({} campaigns)",
+            e.value, e.low, e.high, e.samples
+        ),
+    }
 }
 
 /// Bars for the bins holding at least 0.1% of the campaigns (at most 16 lines).
@@ -598,25 +722,37 @@ fn to_json(a: &Analysis) -> Value {
                 "by_reformations": curve,
             },
             "reformations_to_stand_out": a.curve.first_reaching(0.5),
+            "reformations_to_stand_out_approximation": m.reformations_to_stand_out(0.5, MAX_LISTED_REFORMATIONS),
         },
         "join_rate": a.rows.iter().map(|row| json!({
             "join_interval": row.label,
             "join_interval_seconds": row.interval_seconds,
             "reformations_per_day": row.per_day,
             "reformations_per_week": row.reformations,
-            "initiator_stands_out": match row.stands_out {
-                RowResult::Estimated(e) => estimate_json(Some(e), None),
-                RowResult::NobodyObserved => json!({
-                    "closed_form": 0.0, "estimate": null, "ci95": null, "samples": 0,
-                    "agrees": null, "note": "no collaborators: nobody is ever observed",
-                }),
-                RowResult::NotSimulated { trials_needed } => json!({
-                    "closed_form": null, "estimate": null, "ci95": null, "samples": 0,
-                    "agrees": null, "note": format!("not simulated: needs --trials {trials_needed} or more"),
-                }),
-            },
+            "initiator_stands_out": row_json(&row.stands_out),
+            "approximation": m.stand_out_probability(row.reformations),
+        })).collect::<Vec<_>>(),
+        "reformations_list": a.listed.iter().map(|row| json!({
+            "reformations": row.reformations,
+            "approximation": row.approximation,
+            "initiator_stands_out": row_json(&row.stands_out),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A Monte Carlo result of a table row as JSON (an estimate, or a note why there is none).
+fn row_json(result: &RowResult) -> Value {
+    match result {
+        RowResult::Estimated(e) => estimate_json(Some(*e), None),
+        RowResult::NobodyObserved => json!({
+            "closed_form": 0.0, "estimate": null, "ci95": null, "samples": 0,
+            "agrees": null, "note": "no collaborators: nobody is ever observed",
+        }),
+        RowResult::NotSimulated { trials_needed } => json!({
+            "closed_form": null, "estimate": null, "ci95": null, "samples": 0,
+            "agrees": null, "note": format!("not simulated: needs --trials {trials_needed} or more"),
+        }),
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -181,18 +181,25 @@ struct BlenderArgs {
     /// Allow any pf in [0, 1) for experiments (no anonymity guarantee below 0.5).
     #[arg(long)]
     insecure_pf: bool,
-    /// At most one new epoch (batch of joins) per this interval, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Epochs (batches of joins, leaves and drops; each re-forms every path) are cut only
+    /// at multiples of this interval since the unix epoch, and only when a change is
+    /// waiting: with the default, at midnight UTC. New members wait for the next one.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     join_interval: Duration,
-    /// Drop members that send no heartbeat for this long.
+    /// A pending join that sends no heartbeat for this long is discarded; a member that
+    /// long silent is shown as silent (it is dropped only after --grace-period).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     heartbeat_timeout: Duration,
+    /// A member silent for longer than this is dropped at the next scheduled epoch; one
+    /// back within it (a laptop that slept) is still a member and costs no epoch.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
     /// Validity of each signed crowd document (re-signed at half-life).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     document_lifetime: Duration,
     /// An account is admitted at most once per this interval (each admission re-forms
     /// every path, giving collaborators another look at each initiator).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     rejoin_interval: Duration,
     /// Serve a status page, /status.json and /metrics here (e.g. 127.0.0.1:7001).
     #[arg(long)]
@@ -490,6 +497,7 @@ async fn run_blender(args: BlenderArgs) -> Result<()> {
     config.forward_probability = args.pf;
     config.join_interval = args.join_interval;
     config.heartbeat_timeout = args.heartbeat_timeout;
+    config.grace_period = args.grace_period;
     config.document_lifetime = args.document_lifetime;
     config.rejoin_interval = args.rejoin_interval;
     config.control_listen = args.control_listen;

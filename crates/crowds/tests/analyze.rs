@@ -1,5 +1,6 @@
 //! `crowds analyze` as a user runs it: the JSON report's figures and their agreement
-//! with the closed forms, the SVG plots, and refusals that name the offending flag.
+//! with the closed forms, the SVG plots, the `--reformations-list` table, and refusals
+//! that name the offending flag.
 
 use serde_json::Value;
 use std::io::Read;
@@ -275,6 +276,92 @@ fn text_report_shows_the_figures() {
     assert!(file.exists());
 }
 
+/// `--reformations-list`: the approximation for every listed R, Monte Carlo beside it
+/// where the budget allows, and nothing else in the report changes.
+#[test]
+fn reformations_list_gives_the_approximation_beside_monte_carlo() {
+    let plain = json_report(&[]);
+    let r = json_report(&["--reformations-list", "1,5,30,86400"]);
+    // The list is computed last: every other figure is the same for the same seed.
+    let mut without_list = r.clone();
+    without_list["reformations_list"] = plain["reformations_list"].clone();
+    assert_eq!(without_list, plain);
+    assert_eq!(plain["reformations_list"], serde_json::json!([]));
+
+    let rows = r["reformations_list"].as_array().expect("list");
+    let listed: Vec<u64> = rows
+        .iter()
+        .map(|row| row["reformations"].as_u64().expect("R"))
+        .collect();
+    assert_eq!(listed, [1, 5, 30, 86400]);
+    let approx: Vec<f64> = rows
+        .iter()
+        .map(|row| number(row, "/approximation"))
+        .collect();
+    // After one re-formation the initiator stands out exactly when it is observed.
+    assert!(close(
+        approx[0],
+        number(&r, "/closed_form/initiator_observed_per_reformation")
+    ));
+    assert!(approx.windows(2).all(|w| w[0] < w[1]), "{approx:?}");
+    assert!(approx[3] > 0.999_999 && approx[3] <= 1.0, "{approx:?}");
+    for row in &rows[..3] {
+        // An upper bound, and a close one: within 0.06 above the estimate, never clearly
+        // below it.
+        let e = number(row, "/initiator_stands_out/estimate");
+        let (low, high) = (
+            number(row, "/initiator_stands_out/ci95/0"),
+            number(row, "/initiator_stands_out/ci95/1"),
+        );
+        let a = number(row, "/approximation");
+        let slack = 2.5 * (high - low) / 2.0;
+        assert!(a >= e - slack && a <= e + 0.06 + slack, "{row}");
+    }
+    // 20,000 trials cannot buy campaigns of 86,400 re-formations: the note says what would.
+    let note = rows[3]["initiator_stands_out"]["note"]
+        .as_str()
+        .expect("note");
+    assert!(note.contains("--trials"), "{note}");
+    // The approximation's count for 1/2 is close to the simulated one (and no later).
+    let attack = &r["predecessor_attack"];
+    let simulated = attack["reformations_to_stand_out"].as_u64().expect("MC");
+    let approximated = attack["reformations_to_stand_out_approximation"]
+        .as_u64()
+        .expect("approximation");
+    assert!(
+        approximated <= simulated + 1 && approximated + 2 >= simulated,
+        "{approximated} vs {simulated}"
+    );
+    // Every join-rate row has the approximation too.
+    for row in r["join_rate"].as_array().expect("join_rate") {
+        let a = number(row, "/approximation");
+        assert!((0.0..=1.0).contains(&a), "{row}");
+    }
+
+    // The text report shows the table.
+    let mut args = CROWD.to_vec();
+    args.extend_from_slice(&["--reformations-list", "7,30"]);
+    let run = crowds(&args);
+    assert!(run.success, "{}", run.stderr);
+    for text in [
+        "P(initiator stands out after R) for the listed R",
+        "approximation",
+        "By the approximation the initiator likely (p >= 1/2) stands out after",
+    ] {
+        assert!(run.stdout.contains(text), "no {text:?} in:\n{}", run.stdout);
+    }
+    // Its row: R, then the approximation (not the join-rate table's "30 s").
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.len() > 2 && words[0] == "30" && words[1].parse::<f64>().is_ok()
+        })
+        .expect("a row for R = 30");
+    assert!(line.contains("campaigns"), "{line}");
+}
+
 #[test]
 fn invalid_arguments_are_refused_naming_the_flag() {
     let base = |members: &str, collaborators: &str, pf: &str| {
@@ -322,6 +409,38 @@ fn invalid_arguments_are_refused_naming_the_flag() {
                 "--collaborators=3".into(),
             ],
             "--pf",
+        ),
+        (
+            [
+                base("20", "3", "0.75"),
+                vec!["--reformations-list=30,0".into()],
+            ]
+            .concat(),
+            "--reformations-list",
+        ),
+        (
+            [
+                base("20", "3", "0.75"),
+                vec!["--reformations-list=1000001".into()],
+            ]
+            .concat(),
+            "--reformations-list",
+        ),
+        (
+            [
+                base("20", "3", "0.75"),
+                vec!["--reformations-list=7,a month".into()],
+            ]
+            .concat(),
+            "--reformations-list",
+        ),
+        (
+            [
+                base("20", "3", "0.75"),
+                vec![format!("--reformations-list={}", vec!["1"; 33].join(","))],
+            ]
+            .concat(),
+            "--reformations-list",
         ),
     ];
     for (args, flag) in cases {

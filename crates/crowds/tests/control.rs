@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use crowds_proto::analysis::CrowdModel;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -207,6 +208,70 @@ async fn status_pages_and_metrics() {
     let all = get_text(control, "/metrics").await + &get_text(blender_control, "/metrics").await;
     assert!(!all.contains("127.0.0."), "metrics mention an address");
 
+    // Re-formations and epochs of the last 24 hours, beside what they mean for the
+    // predecessor attack, from the analysis code.
+    let status = status_of(control).await.expect("status");
+    let reforms_24h = status["own_path_reforms_24h"]
+        .as_u64()
+        .expect("reforms 24h");
+    let reforms = status["requests"]["own_path_reforms"]
+        .as_u64()
+        .expect("reforms");
+    assert!(reforms_24h <= reforms, "{status}");
+    let epochs_24h = status["epochs_24h"].as_u64().expect("epochs 24h");
+    assert!(
+        epochs_24h >= 1,
+        "admitted, so at least one epoch was adopted: {status}"
+    );
+    // Every adopted epoch has a number of its own (0 included), so no more were adopted.
+    assert!(
+        epochs_24h <= status["epoch"].as_u64().expect("epoch") + 1,
+        "{status}"
+    );
+    // Three plain GETs fail on nobody's side.
+    assert_eq!(status["requests"]["client_failures"], 0, "{status}");
+    let attack = &status["predecessor_attack"];
+    assert_eq!(attack["assumed_share_percent"], 10, "{status}");
+    // Two members: 10 % rounds up to one collaborator, and no c keeps probable innocence.
+    let share = &attack["at_assumed_share"];
+    assert_eq!(share["collaborators"], 1, "{status}");
+    let model = CrowdModel::new(2, 1, 0.75).expect("model");
+    let observed = share["initiator_observed_per_reformation"]
+        .as_f64()
+        .expect("p");
+    assert!(
+        (observed - model.initiator_observed()).abs() < 1e-12,
+        "{status}"
+    );
+    assert!(
+        (observed - 0.8).abs() < 1e-12,
+        "P(H1+) 0.8 x P(I|H1+) 1: {status}"
+    );
+    assert_eq!(share["reformations_to_stand_out"], 1, "{status}");
+    assert_eq!(share["probable_innocence"], false, "{status}");
+    assert!(attack["at_probable_innocence_limit"].is_null(), "{status}");
+    let metrics = parse_prometheus(&get_text(control, "/metrics").await);
+    let gauge_24h = sample(&metrics, "crowds_own_path_reforms_24h");
+    assert!(gauge_24h >= reforms_24h as f64);
+    assert!(gauge_24h <= sample(&metrics, "crowds_own_path_reforms_total"));
+    assert!(sample(&metrics, "crowds_epochs_24h") >= epochs_24h as f64);
+    assert_eq!(sample(&metrics, "crowds_client_failures_total"), 0.0);
+    assert_eq!(
+        sample(&metrics, "crowds_attack_observed_per_reformation"),
+        observed
+    );
+    assert_eq!(
+        sample(&metrics, "crowds_attack_reformations_to_stand_out"),
+        1.0
+    );
+    let text = get_text(control, "/metrics").await;
+    assert!(
+        text.contains(
+            "# HELP crowds_own_path_reforms_total Re-formations of the user's own path, all causes"
+        ),
+        "{text}"
+    );
+
     // The status pages in a real browser.
     let profile = tempfile::tempdir().expect("profile");
     let shot = dir.path().join("jondo-status.png");
@@ -223,6 +288,16 @@ async fn status_pages_and_metrics() {
     assert!(
         !dom.contains(&origin.addr.to_string()),
         "the page names a destination"
+    );
+    assert!(dom.contains("id=\"reforms24h\">"), "{dom}");
+    assert!(dom.contains("id=\"epochs24h\">"), "{dom}");
+    assert!(
+        dom.contains("each re-formation shows you to them with probability <b>0.80</b>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("after about <b>1 re-formation</b> you would likely stand out"),
+        "{dom}"
     );
     let png = std::fs::metadata(&shot).expect("screenshot written");
     assert!(

@@ -1034,61 +1034,10 @@ async fn http_semantics(crowd: &Crowd, origin: &Origin) {
     }
 
     // A client dying mid-upload must not deliver a complete (shorter) body.
-    for (id, framing) in [
-        ("cut-chunked", "Transfer-Encoding: chunked"),
-        ("cut-length", "Content-Length: 10000000"),
-    ] {
-        let mut tcp = TcpStream::connect(j.proxy).await.expect("connect proxy");
-        let head =
-            format!("POST http://{o}/echo-sha?{id} HTTP/1.1\r\nHost: {o}\r\n{framing}\r\n\r\n");
-        tcp.write_all(head.as_bytes()).await.expect("head");
-        let part = vec![7u8; 64 * 1024];
-        for _ in 0..4 {
-            if framing.starts_with("Transfer") {
-                tcp.write_all(format!("{:x}\r\n", part.len()).as_bytes())
-                    .await
-                    .expect("chunk size");
-                tcp.write_all(&part).await.expect("chunk");
-                tcp.write_all(b"\r\n").await.expect("chunk end");
-            } else {
-                tcp.write_all(&part).await.expect("part");
-            }
-        }
-        let path = format!("/echo-sha?{id}");
+    for (id, chunked) in [("cut-chunked", true), ("cut-length", false)] {
         // Wait until the origin is receiving, then vanish.
-        eventually(
-            &format!("the origin to receive {path}"),
-            Duration::from_secs(30),
-            || {
-                let n = origin.seen_path(&path).len();
-                async move {
-                    if n > 0 {
-                        Ok(())
-                    } else {
-                        Err("not yet".to_string())
-                    }
-                }
-            },
-        )
-        .await;
-        drop(tcp);
-        let outcome = eventually(
-            &format!("the origin to learn that {path} was cut"),
-            Duration::from_secs(30),
-            || {
-                let e = origin.echoes(&path);
-                async move {
-                    e.first()
-                        .cloned()
-                        .ok_or_else(|| "body still open".to_string())
-                }
-            },
-        )
-        .await;
-        assert!(
-            outcome.is_err(),
-            "{path}: a cut upload reached the server as complete: {outcome:?}"
-        );
+        drop(start_partial_upload(j.proxy, origin, id, chunked, 8).await);
+        assert_upload_cut(origin, id).await;
     }
 
     // Refusals, before anything reaches the server.

@@ -37,70 +37,8 @@ async fn snapshot(crowd: &Crowd, initiator: usize) -> Snapshot {
     Snapshot {
         epoch: n(&all[initiator]["epoch"]),
         own_path_reforms: n(&all[initiator]["requests"]["own_path_reforms"]),
-        failures_in_crowd: all
-            .iter()
-            .map(|s| n(&s["requests"]["path_failures"]))
-            .sum(),
+        failures_in_crowd: all.iter().map(|s| n(&s["requests"]["path_failures"])).sum(),
     }
-}
-
-/// Sends a POST head and part of its body to the proxy, waits until the origin is
-/// receiving it, then does what `finish` says (vanish, or send a malformed chunk).
-async fn partial_upload(proxy: SocketAddr, origin: &Origin, id: &str, chunked: bool) -> TcpStream {
-    let o = origin.addr;
-    let framing = if chunked {
-        "Transfer-Encoding: chunked"
-    } else {
-        "Content-Length: 10000000"
-    };
-    let mut tcp = TcpStream::connect(proxy).await.expect("connect proxy");
-    let head = format!("POST http://{o}/echo-sha?{id} HTTP/1.1\r\nHost: {o}\r\n{framing}\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.expect("head");
-    let part = vec![7u8; 32 * 1024];
-    for _ in 0..2 {
-        if chunked {
-            tcp.write_all(format!("{:x}\r\n", part.len()).as_bytes())
-                .await
-                .expect("chunk size");
-            tcp.write_all(&part).await.expect("chunk");
-            tcp.write_all(b"\r\n").await.expect("chunk end");
-        } else {
-            tcp.write_all(&part).await.expect("part");
-        }
-    }
-    let path = format!("/echo-sha?{id}");
-    eventually(
-        &format!("the origin to receive {path}"),
-        Duration::from_secs(30),
-        || {
-            let n = origin.seen_path(&path).len();
-            async move {
-                if n > 0 {
-                    Ok(())
-                } else {
-                    Err("not yet".to_string())
-                }
-            }
-        },
-    )
-    .await;
-    tcp
-}
-
-/// Waits until the origin has seen the upload `id` end (cut or malformed), so every jondo
-/// on the path has handled its end before the test looks at their counters.
-async fn wait_cut(origin: &Origin, id: &str) {
-    let path = format!("/echo-sha?{id}");
-    let outcome = eventually(
-        &format!("the origin to learn that {path} ended"),
-        Duration::from_secs(30),
-        || {
-            let e = origin.echoes(&path);
-            async move { e.into_iter().next().ok_or_else(|| "not yet".to_string()) }
-        },
-    )
-    .await;
-    assert!(outcome.is_err(), "{path}: a cut upload arrived whole: {outcome:?}");
 }
 
 /// Five uploads the client aborts mid-body (a page's `xhr.abort()`, a user navigating
@@ -116,15 +54,15 @@ async fn client_aborts_and_malformed_bodies_do_not_reform_the_path() {
 
     for i in 0..5 {
         let id = format!("abort-{i}");
-        let tcp = partial_upload(j.proxy, &origin, &id, i % 2 == 0).await;
+        let tcp = start_partial_upload(j.proxy, &origin, &id, i % 2 == 0, 2).await;
         drop(tcp);
-        wait_cut(&origin, &id).await;
+        assert_upload_cut(&origin, &id).await;
     }
 
     // A malformed chunk size after a good chunk: the proxy answers 400 (or closes).
-    let mut tcp = partial_upload(j.proxy, &origin, "malformed", true).await;
+    let mut tcp = start_partial_upload(j.proxy, &origin, "malformed", true, 2).await;
     tcp.write_all(b"zz-not-hex\r\n").await.expect("bad chunk");
-    wait_cut(&origin, "malformed").await;
+    assert_upload_cut(&origin, "malformed").await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
@@ -178,7 +116,11 @@ async fn a_dead_successor_still_reforms_the_hop() {
     let j = &crowd.jondos[initiator];
     // Bodiless requests are retried on the repaired hop; a GET succeeds at once.
     let exit = exit_of(j.proxy, &origin).await;
-    assert_ne!(exit, crowd.jondos[victim].peer.ip(), "the dead exit answered");
+    assert_ne!(
+        exit,
+        crowd.jondos[victim].peer.ip(),
+        "the dead exit answered"
+    );
     let statuses = {
         let mut v = Vec::new();
         for (k, j) in crowd.jondos.iter().enumerate() {
@@ -235,6 +177,7 @@ async fn links_made_with_an_old_key_close_when_the_key_changes() {
         resp.headers().contains_key(ERROR_HEADER),
         "a crowd answer over the old key's link"
     );
+    drop(resp);
     let epoch = crowd.statuses().await[0]["epoch"].as_u64().expect("epoch");
 
     // Jondo 1 gets a new identity key and joins again with it.

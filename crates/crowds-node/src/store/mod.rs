@@ -695,13 +695,32 @@ impl Store {
         })
     }
 
-    /// One turn of a crowd's epoch clock: cuts a new epoch if the roster's rules say one
-    /// is due, or re-signs the current document when half its lifetime has passed.
-    /// Runs under the crowd's lock and skips (`Tick::Busy`) if another blender holds it.
+    /// One turn of a crowd's epoch clock with nothing to report about the blender's own
+    /// health (see [`Store::tick_after`]).
     pub fn tick(
         &mut self,
         config: &RosterConfig,
         now: u64,
+        sign: &dyn Fn(&CrowdDocument) -> Result<Vec<u8>, String>,
+    ) -> Result<Tick, StoreError> {
+        self.tick_after(config, now, None, sign)
+    }
+
+    /// One turn of a crowd's epoch clock: cuts a new epoch if the roster's rules say one
+    /// is due (only ever at a scheduled time, see [`RosterConfig::next_scheduled`]), or
+    /// re-signs the current document when half its lifetime has passed. Runs under the
+    /// crowd's lock and skips (`Tick::Busy`) if another blender holds it.
+    ///
+    /// `disrupted_at` is the last time (unix ms) the caller may have turned members'
+    /// heartbeats away: its API connections were all taken, or the store failed. If that
+    /// happened since the crowd's last tick, the time since that tick does not count as
+    /// anyone's silence, exactly as when no blender ticked at all for a while: a member
+    /// is never dropped because the blender was unreachable or refusing.
+    pub fn tick_after(
+        &mut self,
+        config: &RosterConfig,
+        now: u64,
+        disrupted_at: Option<u64>,
         sign: &dyn Fn(&CrowdDocument) -> Result<Vec<u8>, String>,
     ) -> Result<Tick, StoreError> {
         let crowd = config.crowd.as_str();
@@ -733,41 +752,56 @@ impl Store {
                     (0, None, now, 0, pf_bits.clone())
                 }
             };
-            // No blender looked after this crowd for a heartbeat timeout (all were
-            // down): members get one timeout to come back, as after a restart.
-            if now.saturating_sub(last_tick_at) > config.heartbeat_timeout_ms {
-                tx.exec(
-                    "UPDATE members SET last_seen = $2 WHERE crowd = $1 AND last_seen < $2",
-                    &[name.clone(), now.into()],
-                )?;
+            // No blender looked after this crowd for a heartbeat timeout (all were down),
+            // or this one was turning heartbeats away since the last tick: that time is
+            // nobody's silence. The silence clock of every member and pending join stands
+            // still over it (one heard during it counts as heard now), so nobody is
+            // dropped for it, and silence before it is not pardoned either.
+            let gap = now.saturating_sub(last_tick_at);
+            let disrupted = gap > config.heartbeat_timeout_ms
+                || disrupted_at.is_some_and(|at| at >= last_tick_at);
+            if disrupted && gap > 0 {
+                for table in ["members", "pending"] {
+                    tx.exec(
+                        &format!(
+                            "UPDATE {table} SET last_seen =
+                               CASE WHEN last_seen > $3 THEN $2 ELSE last_seen + $4 END
+                             WHERE crowd = $1 AND last_seen < $2"
+                        ),
+                        &[name.clone(), now.into(), last_tick_at.into(), gap.into()],
+                    )?;
+                }
             }
             tx.exec(
                 "UPDATE crowds SET last_tick_at = $2 WHERE name = $1",
                 &[name.clone(), now.into()],
             )?;
-            let cutoff = Value::from(now.saturating_sub(config.heartbeat_timeout_ms));
             let pf_changed = epoch > 0 && stored_pf != pf_bits;
-            let waiting = pf_changed
-                || !tx
-                    .query(
-                        "SELECT 1 FROM pending WHERE crowd = $1 AND last_seen >= $2 LIMIT 1",
-                        &[name.clone(), cutoff.clone()],
-                    )?
-                    .is_empty()
-                || !tx
-                    .query(
-                        "SELECT 1 FROM members WHERE crowd = $1 AND (leaving <> 0 OR last_seen < $2)
-                         LIMIT 1",
-                        &[name.clone(), cutoff.clone()],
-                    )?
-                    .is_empty();
-            let due = waiting
-                && last_epoch_at.is_none_or(|t| now >= t.saturating_add(config.join_interval_ms));
+            // Epochs happen only at scheduled times (and a crowd's first one at once);
+            // only then, and only if the indexes show a change that may be waiting, is
+            // the whole membership loaded for the roster to decide. The queries select
+            // with the roster's own cut-off times, so they never miss what it would see.
+            let scheduled = config.next_scheduled(last_epoch_at, Some(last_tick_at), now) <= now;
+            let may_be_waiting = scheduled
+                && (pf_changed
+                    || !tx
+                        .query(
+                            "SELECT 1 FROM pending WHERE crowd = $1 AND last_seen >= $2 LIMIT 1",
+                            &[name.clone(), config.silent_before(now).into()],
+                        )?
+                        .is_empty()
+                    || !tx
+                        .query(
+                            "SELECT 1 FROM members WHERE crowd = $1
+                             AND (leaving <> 0 OR last_seen < $2) LIMIT 1",
+                            &[name.clone(), config.expired_before(now).into()],
+                        )?
+                        .is_empty());
             let refresh = epoch > 0 && now.saturating_sub(issued_at) > config.document_lifetime_ms / 2;
-            if !due && !refresh {
+            if !may_be_waiting && !refresh {
                 return Ok(Tick::Idle);
             }
-            let state = load_state(tx, &name, epoch, last_epoch_at)?;
+            let state = load_state(tx, &name, epoch, last_epoch_at, Some(last_tick_at))?;
             let before: BTreeMap<MemberId, Member> = state
                 .members
                 .iter()
@@ -783,6 +817,11 @@ impl Store {
             let mut roster = Roster::restore(config.clone(), state);
             if pf_changed {
                 roster.force_epoch();
+            }
+            // The roster's rule alone decides whether an epoch is due.
+            let due = roster.next_epoch_at(now).is_some_and(|at| at <= now);
+            if !due && !refresh {
+                return Ok(Tick::Idle);
             }
             let cut = if due { roster.poll_epoch(now) } else { None };
             let Some(doc) = cut else {
@@ -911,6 +950,30 @@ impl Store {
         })
     }
 
+    /// Members of the crowd's current epoch that missed the heartbeat timeout, by id:
+    /// shown as silent, still members until the grace period has passed.
+    pub fn silent_members(
+        &mut self,
+        config: &RosterConfig,
+        now: u64,
+    ) -> Result<Vec<MemberId>, StoreError> {
+        // The roster's cut-off, so the page shows exactly what the rule says.
+        let params = [
+            Value::from(config.crowd.as_str()),
+            Value::from(config.silent_before(now)),
+        ];
+        self.tx(|tx| {
+            tx.query(
+                "SELECT account_id FROM members
+                 WHERE crowd = $1 AND last_seen < $2 ORDER BY account_id",
+                &params,
+            )?
+            .iter()
+            .map(|r| Ok(to_u64(r[0].int("member id")?)))
+            .collect()
+        })
+    }
+
     /// Counts for a crowd's status.
     pub fn counts(&mut self, crowd: &str) -> Result<Counts, StoreError> {
         self.tx(|tx| {
@@ -938,6 +1001,7 @@ fn load_state(
     crowd: &Value,
     epoch: u64,
     last_epoch_at: Option<u64>,
+    last_checked_at: Option<u64>,
 ) -> Result<RosterState, StoreError> {
     let rows: Vec<Row> = tx.query(
         "SELECT account_id, public_key, addr, flags, last_seen, leaving FROM members
@@ -966,6 +1030,7 @@ fn load_state(
     Ok(RosterState {
         epoch,
         last_epoch_at,
+        last_checked_at,
         members,
         pending,
     })
@@ -993,15 +1058,40 @@ mod tests {
         (cfg, store)
     }
 
+    /// Epochs on a 30 s grid; pending joins expire after 20 s of silence, members after
+    /// 100 s.
     fn config() -> RosterConfig {
         RosterConfig {
             crowd: DEFAULT_CROWD.into(),
             forward_probability: 0.75,
             join_interval_ms: 30_000,
             heartbeat_timeout_ms: 20_000,
+            grace_period_ms: 100_000,
             document_lifetime_ms: 600_000,
             rejoin_interval_ms: 0,
         }
+    }
+
+    /// Ticks every 10 s over `times` (as a running blender would, only coarser), with
+    /// `disrupted(t)` as the blender's report; returns the epochs cut, with their times.
+    fn tick_over(
+        store: &mut Store,
+        cfg: &RosterConfig,
+        times: impl Iterator<Item = u64>,
+        disrupted: impl Fn(u64) -> Option<u64>,
+        heard: &[PublicKey],
+    ) -> Vec<(u64, Tick)> {
+        let mut cut = Vec::new();
+        for t in times {
+            for key in heard {
+                assert!(store.heartbeat(key, t).expect("hb"), "{key:?} is known");
+            }
+            match store.tick_after(cfg, t, disrupted(t), &sign).expect("tick") {
+                Tick::Idle | Tick::Refreshed => {}
+                other => cut.push((t, other)),
+            }
+        }
+        cut
     }
 
     fn member(id: MemberId, key: u8) -> Member {
@@ -1103,7 +1193,8 @@ mod tests {
             Tick::NewEpoch {
                 epoch: 1,
                 members: 1
-            }
+            },
+            "a crowd's first epoch is cut at once"
         );
         assert_eq!(
             store.join(&cfg, &member(b, 2), 2_000).expect("join"),
@@ -1113,15 +1204,16 @@ mod tests {
             store.join(&cfg, &member(a, 1), 2_000).expect("join"),
             JoinOutcome::AlreadyMember
         );
-        // Batched: nothing before the join interval has passed.
-        assert_eq!(store.tick(&cfg, 30_999, &sign).expect("tick"), Tick::Idle);
+        // Batched: nothing before the scheduled time (30 s).
+        assert_eq!(store.tick(&cfg, 15_000, &sign).expect("tick"), Tick::Idle);
         assert!(store.heartbeat(&PublicKey([1; 32]), 20_000).expect("hb"));
         assert!(store.heartbeat(&PublicKey([2; 32]), 20_000).expect("hb"));
         assert!(!store.heartbeat(&PublicKey([9; 32]), 20_000).expect("hb"));
+        assert_eq!(store.tick(&cfg, 29_999, &sign).expect("tick"), Tick::Idle);
         drop(store);
         let mut store = Store::open(dir.path()).expect("reopen");
         assert_eq!(
-            store.tick(&cfg, 31_000, &sign).expect("tick"),
+            store.tick(&cfg, 30_000, &sign).expect("tick"),
             Tick::NewEpoch {
                 epoch: 2,
                 members: 2
@@ -1131,14 +1223,14 @@ mod tests {
             .latest_document(DEFAULT_CROWD, None)
             .expect("doc")
             .expect("some");
-        assert_eq!((latest.epoch, latest.issued_at), (2, 31_000));
+        assert_eq!((latest.epoch, latest.issued_at), (2, 30_000));
         assert_eq!(
             store
-                .latest_document(DEFAULT_CROWD, Some((2, 31_000)))
+                .latest_document(DEFAULT_CROWD, Some((2, 30_000)))
                 .expect("doc"),
             Some(StoredDocument {
                 epoch: 2,
-                issued_at: 31_000,
+                issued_at: 30_000,
                 bytes: None
             })
         );
@@ -1149,45 +1241,285 @@ mod tests {
                 .as_deref(),
             Some("default")
         );
-        // b leaves, a stays alive: b is gone at the next epoch.
+        // b leaves, a stays alive: b is gone at the next scheduled epoch.
         store.leave(&PublicKey([2; 32])).expect("leave");
-        assert!(store.heartbeat(&PublicKey([1; 32]), 60_000).expect("hb"));
+        assert!(store.heartbeat(&PublicKey([1; 32]), 45_000).expect("hb"));
+        assert_eq!(store.tick(&cfg, 45_000, &sign).expect("tick"), Tick::Idle);
         assert_eq!(
-            store.tick(&cfg, 61_000, &sign).expect("tick"),
+            store.tick(&cfg, 60_000, &sign).expect("tick"),
             Tick::NewEpoch {
                 epoch: 3,
                 members: 1
             }
         );
-        // a goes silent: dropped at the next epoch, and a stranger after that.
-        assert_eq!(store.tick(&cfg, 80_000, &sign).expect("tick"), Tick::Idle);
-        assert_eq!(
-            store.tick(&cfg, 92_000, &sign).expect("tick"),
-            Tick::NewEpoch {
-                epoch: 4,
-                members: 0
-            }
+        // a goes silent (last heard at 45 s): shown as silent, kept within the grace
+        // period, dropped at the first scheduled time after it.
+        let cut = tick_over(
+            &mut store,
+            &cfg,
+            (70..=140).map(|s| s * 1_000),
+            |_| None,
+            &[],
         );
-        assert!(!store.heartbeat(&PublicKey([1; 32]), 92_500).expect("hb"));
+        assert_eq!(cut, []);
+        assert_eq!(store.silent_members(&cfg, 140_000).expect("silent"), [a]);
+        assert_eq!(store.counts(DEFAULT_CROWD).expect("counts").members, 1);
+        assert_eq!(
+            tick_over(
+                &mut store,
+                &cfg,
+                (141..=150).map(|s| s * 1_000),
+                |_| None,
+                &[]
+            ),
+            [(
+                150_000,
+                Tick::NewEpoch {
+                    epoch: 4,
+                    members: 0
+                }
+            )]
+        );
+        assert!(!store.heartbeat(&PublicKey([1; 32]), 150_500).expect("hb"));
         let counts = store.counts(DEFAULT_CROWD).expect("counts");
         assert_eq!((counts.accounts, counts.members, counts.epoch), (2, 0, 4));
+    }
+
+    /// A member that misses heartbeats for less than the grace period stays a member:
+    /// no epoch, and its return changes nothing.
+    #[test]
+    fn a_member_silent_within_the_grace_period_cuts_no_epoch() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cfg, mut store) = one_member_admitted_at_0(dir.path());
+        let b = store.add_account("b", "pw").expect("add");
+        store.join(&cfg, &member(b, 2), 10_000).expect("join");
+        assert_eq!(
+            tick_over(
+                &mut store,
+                &cfg,
+                (1..=3).map(|s| s * 10_000),
+                |_| None,
+                &[PublicKey([1; 32]), PublicKey([2; 32])]
+            ),
+            [(
+                30_000,
+                Tick::NewEpoch {
+                    epoch: 2,
+                    members: 2
+                }
+            )]
+        );
+        // b is silent from 30 s to 120 s, then back (a heartbeat, or a join with the
+        // same key and address).
+        let a_only = [PublicKey([1; 32])];
+        let cut = tick_over(
+            &mut store,
+            &cfg,
+            (4..=12).map(|s| s * 10_000),
+            |_| None,
+            &a_only,
+        );
+        assert_eq!(cut, [], "silent within the grace period");
+        assert_eq!(store.silent_members(&cfg, 120_000).expect("silent"), [b]);
+        assert!(store.heartbeat(&PublicKey([2; 32]), 125_000).expect("hb"));
+        assert_eq!(
+            store.join(&cfg, &member(b, 2), 126_000).expect("join"),
+            JoinOutcome::AlreadyMember
+        );
+        assert!(store
+            .silent_members(&cfg, 126_000)
+            .expect("silent")
+            .is_empty());
+        let both = [PublicKey([1; 32]), PublicKey([2; 32])];
+        let cut = tick_over(
+            &mut store,
+            &cfg,
+            (13..=40).map(|s| s * 10_000),
+            |_| None,
+            &both,
+        );
+        assert_eq!(cut, []);
+        assert_eq!(store.counts(DEFAULT_CROWD).expect("counts").epoch, 2);
+    }
+
+    /// A join arriving after a scheduled time that found nothing waiting waits for the
+    /// next one; leaving and joining again never cut an epoch off the schedule.
+    #[test]
+    fn joins_wait_for_the_schedule_and_leave_and_rejoin_cut_no_extra_epoch() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cfg, mut store) = one_member_admitted_at_0(dir.path());
+        let a_key = [PublicKey([1; 32])];
+        assert_eq!(
+            tick_over(
+                &mut store,
+                &cfg,
+                (1..=31).map(|s| s * 1_000),
+                |_| None,
+                &a_key
+            ),
+            []
+        );
+        let b = store.add_account("b", "pw").expect("add");
+        assert_eq!(
+            store.join(&cfg, &member(b, 2), 31_000).expect("join"),
+            JoinOutcome::Pending
+        );
+        let both = [PublicKey([1; 32]), PublicKey([2; 32])];
+        assert_eq!(
+            tick_over(
+                &mut store,
+                &cfg,
+                (32..=60).map(|s| s * 1_000),
+                |_| None,
+                &both
+            ),
+            [(
+                60_000,
+                Tick::NewEpoch {
+                    epoch: 2,
+                    members: 2
+                }
+            )]
+        );
+        // b leaves and is back (same key and address) before the next scheduled time:
+        // nothing is waiting any more, so that time passes without an epoch.
+        store.leave(&PublicKey([2; 32])).expect("leave");
+        assert_eq!(
+            tick_over(
+                &mut store,
+                &cfg,
+                (61..=70).map(|s| s * 1_000),
+                |_| None,
+                &both
+            ),
+            []
+        );
+        assert_eq!(
+            store.join(&cfg, &member(b, 2), 70_500).expect("join"),
+            JoinOutcome::AlreadyMember
+        );
+        assert_eq!(
+            tick_over(
+                &mut store,
+                &cfg,
+                (71..=120).map(|s| s * 1_000),
+                |_| None,
+                &both
+            ),
+            []
+        );
+        // Leaving, then joining with a new address: both land in the scheduled epoch.
+        store.leave(&PublicKey([2; 32])).expect("leave");
+        let mut moved = member(b, 2);
+        moved.addr = "127.0.0.99:7000".parse().expect("addr");
+        assert_eq!(
+            store.join(&cfg, &moved, 125_000).expect("join"),
+            JoinOutcome::Pending
+        );
+        assert_eq!(
+            tick_over(
+                &mut store,
+                &cfg,
+                (121..=180).map(|s| s * 1_000),
+                |_| None,
+                &both
+            ),
+            [(
+                150_000,
+                Tick::NewEpoch {
+                    epoch: 3,
+                    members: 2
+                }
+            )]
+        );
     }
 
     #[test]
     fn members_get_a_grace_period_after_every_blender_was_down() {
         let dir = tempfile::tempdir().expect("tmp");
         let (cfg, mut store) = one_member_admitted_at_0(dir.path());
-        // No tick for 100 s (no blender running): a is not dropped at once...
+        // No tick for 100 s (no blender running): a, silent since 0, is not dropped at
+        // once: the outage is nobody's silence...
         assert_eq!(store.tick(&cfg, 100_000, &sign).expect("tick"), Tick::Idle);
-        // ...but one heartbeat timeout later, still silent, it is.
-        assert_eq!(store.tick(&cfg, 110_000, &sign).expect("tick"), Tick::Idle);
+        let ticks = |from: u64, to: u64| (from..=to).map(|s| s * 10_000);
         assert_eq!(
-            store.tick(&cfg, 120_001, &sign).expect("tick"),
-            Tick::NewEpoch {
-                epoch: 2,
-                members: 0
-            }
+            tick_over(&mut store, &cfg, ticks(11, 20), |_| None, &[]),
+            []
         );
+        // ...but a grace period after it, still silent, it is dropped at the next
+        // scheduled time.
+        assert_eq!(
+            tick_over(&mut store, &cfg, ticks(21, 21), |_| None, &[]),
+            [(
+                210_000,
+                Tick::NewEpoch {
+                    epoch: 2,
+                    members: 0
+                }
+            )]
+        );
+    }
+
+    /// The outage does not pardon silence before it either: the member's clock stood
+    /// still only while no blender ran.
+    #[test]
+    fn an_outage_stops_the_silence_clock_without_resetting_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cfg, mut store) = one_member_admitted_at_0(dir.path());
+        let ticks = |from: u64, to: u64| (from..=to).map(|s| s * 10_000);
+        // Silent for 60 s, then 100 s without a blender, then silent on: dropped once
+        // 100 s of its silence fell outside the outage (at 200 s), at 210 s.
+        assert_eq!(tick_over(&mut store, &cfg, ticks(1, 6), |_| None, &[]), []);
+        assert_eq!(
+            tick_over(&mut store, &cfg, ticks(16, 20), |_| None, &[]),
+            []
+        );
+        assert_eq!(
+            tick_over(&mut store, &cfg, ticks(21, 21), |_| None, &[]),
+            [(
+                210_000,
+                Tick::NewEpoch {
+                    epoch: 2,
+                    members: 0
+                }
+            )]
+        );
+    }
+
+    /// While the blender turned heartbeats away (its API connections all taken, or its
+    /// store failing), silence does not count: without the report, the silent member
+    /// is dropped at 120 s; with 70 s of it reported, at 180 s.
+    #[test]
+    fn a_saturated_or_failing_blender_drops_nobody_for_it() {
+        let ticks = |from: u64, to: u64| (from..=to).map(|s| s * 10_000);
+        let run = |disrupted: &dyn Fn(u64) -> Option<u64>| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let (cfg, mut store) = one_member_admitted_at_0(dir.path());
+            let b = store.add_account("b", "pw").expect("add");
+            store.join(&cfg, &member(b, 2), 10_000).expect("join");
+            // b keeps heartbeating; a is silent from 0.
+            tick_over(
+                &mut store,
+                &cfg,
+                ticks(1, 30),
+                disrupted,
+                &[PublicKey([2; 32])],
+            )
+        };
+        let dropped_at = |cut: &[(u64, Tick)]| {
+            cut.iter()
+                .find(|(_, t)| matches!(t, Tick::NewEpoch { members: 1, .. }))
+                .map(|(at, _)| *at)
+        };
+        assert_eq!(dropped_at(&run(&|_| None)), Some(120_000));
+        // Saturated (or failing) at some moment during each of the 7 intervals ending at
+        // 60 s to 120 s: the time since each previous tick is nobody's silence.
+        let saturated = |t: u64| (t > 50_000 && t <= 120_000).then_some(t - 5_000);
+        let cut = run(&saturated);
+        assert_eq!(dropped_at(&cut), Some(180_000), "{cut:?}");
+        // A report from before the last tick is old news: nothing changes.
+        let stale = |t: u64| (t > 50_000 && t <= 120_000).then_some(40_000);
+        assert_eq!(dropped_at(&run(&stale)), Some(120_000));
     }
 
     #[test]
@@ -1208,15 +1540,20 @@ mod tests {
             forward_probability: 0.8,
             ..config()
         };
+        // The new pf waits for the next scheduled time like any other change.
         assert_eq!(
             store.tick(&changed, 310_000, &sign).expect("tick"),
+            Tick::Idle
+        );
+        assert_eq!(
+            store.tick(&changed, 330_000, &sign).expect("tick"),
             Tick::NewEpoch {
                 epoch: 2,
                 members: 1
             }
         );
         assert_eq!(
-            store.tick(&changed, 340_001, &sign).expect("tick"),
+            store.tick(&changed, 360_001, &sign).expect("tick"),
             Tick::Idle
         );
     }

@@ -260,7 +260,11 @@ fn collaborators_cannot_fill_the_table_or_block_the_local_path() {
             }
         }
     }
-    assert_eq!(refused, 19 * 5, "each flooder is refused beyond its own share");
+    assert_eq!(
+        refused,
+        19 * 5,
+        "each flooder is refused beyond its own share"
+    );
     // The last honest member and the local user still form paths.
     assert!(table
         .route(&mut rng, Predecessor::Member(20), PathId(1), 0.75, &members)

@@ -386,21 +386,11 @@ impl LifeCrowd {
     /// Waits until no request is in flight at any member in `alive`.
     pub async fn wait_quiet(&self, alive: &[usize]) {
         let controls: Vec<SocketAddr> = alive.iter().map(|&i| self.members[i].control).collect();
-        eventually(
+        wait_every_status(
             "no request in flight at any jondo",
-            Duration::from_secs(30),
-            || {
-                let controls = controls.clone();
-                async move {
-                    for c in controls {
-                        let s = status_of(c).await?;
-                        if s["in_flight"] != 0 {
-                            return Err(format!("{c}: in_flight {}", s["in_flight"]));
-                        }
-                    }
-                    Ok(())
-                }
-            },
+            &controls,
+            "in_flight",
+            serde_json::json!(0),
         )
         .await;
     }

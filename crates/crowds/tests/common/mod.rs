@@ -475,9 +475,12 @@ impl Crowd {
             account_add(&blender_dir, &format!("jondo{i}"), &pw);
             passwords.push(pw);
         }
-        let (blender, blender_addr, blender_pub) =
-            start_blender(&blender_dir, &logs, &[&["--pf", "0.75"], blender_extra].concat())
-                .await;
+        let (blender, blender_addr, blender_pub) = start_blender(
+            &blender_dir,
+            &logs,
+            &[&["--pf", "0.75"], blender_extra].concat(),
+        )
+        .await;
         let mut jondos = Vec::new();
         for (i, pw) in passwords.iter().enumerate() {
             let ip = jondo_ip(i);
@@ -1105,4 +1108,102 @@ impl Origin {
     pub fn slow_produced(&self) -> u64 {
         self.state.slow_produced.load(Ordering::SeqCst)
     }
+}
+
+/// Starts `POST /echo-sha?ID` through `proxy` with `parts` pieces of 32 KiB of a body
+/// that is announced longer (chunked, or a 10 MB Content-Length), and returns the open
+/// connection once the origin is receiving it: the caller then cuts or corrupts it.
+pub async fn start_partial_upload(
+    proxy: SocketAddr,
+    origin: &Origin,
+    id: &str,
+    chunked: bool,
+    parts: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let o = origin.addr;
+    let framing = if chunked {
+        "Transfer-Encoding: chunked"
+    } else {
+        "Content-Length: 10000000"
+    };
+    let mut tcp = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect proxy");
+    let head = format!("POST http://{o}/echo-sha?{id} HTTP/1.1\r\nHost: {o}\r\n{framing}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    let part = vec![7u8; 32 * 1024];
+    for _ in 0..parts {
+        if chunked {
+            tcp.write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .await
+                .expect("chunk size");
+            tcp.write_all(&part).await.expect("chunk");
+            tcp.write_all(b"\r\n").await.expect("chunk end");
+        } else {
+            tcp.write_all(&part).await.expect("part");
+        }
+    }
+    let path = format!("/echo-sha?{id}");
+    eventually(
+        &format!("the origin to receive {path}"),
+        Duration::from_secs(30),
+        || {
+            let n = origin.seen_path(&path).len();
+            async move {
+                if n > 0 {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            }
+        },
+    )
+    .await;
+    tcp
+}
+
+/// Waits until the origin has seen the upload `ID` of [`start_partial_upload`] end, and
+/// asserts that it did not arrive as a complete body.
+pub async fn assert_upload_cut(origin: &Origin, id: &str) {
+    let path = format!("/echo-sha?{id}");
+    let outcome = eventually(
+        &format!("the origin to learn that {path} ended"),
+        Duration::from_secs(30),
+        || {
+            let e = origin.echoes(&path);
+            async move {
+                e.first()
+                    .cloned()
+                    .ok_or_else(|| "body still open".to_string())
+            }
+        },
+    )
+    .await;
+    assert!(
+        outcome.is_err(),
+        "{path}: a cut upload reached the server as complete: {outcome:?}"
+    );
+}
+
+/// Waits until `/status.json` of every jondo in `controls` has `key == want`.
+pub async fn wait_every_status(
+    what: &str,
+    controls: &[SocketAddr],
+    key: &str,
+    want: serde_json::Value,
+) {
+    eventually(what, Duration::from_secs(30), || {
+        let (controls, want) = (controls.to_vec(), want.clone());
+        async move {
+            for c in controls {
+                let s = status_of(c).await?;
+                if s[key] != want {
+                    return Err(format!("{c}: {key} {}", s[key]));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
 }
