@@ -708,6 +708,12 @@ async fn join(
         }
         _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "account store failure"),
     };
+    let first_epoch_published = state.crowd(&crowd_name).is_some_and(|c| {
+        c.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    });
     let Some(config) = state.crowd(&crowd_name).map(|c| c.config.clone()) else {
         tracing::warn!(
             member = id,
@@ -764,6 +770,13 @@ async fn join(
         key: client,
         flags: if reachable { 0 } else { FLAG_CLIENT_ONLY },
     };
+    // A pending join is admitted at the next scheduled epoch (a new crowd's first epoch
+    // is cut at once).
+    let admission_expected_at = if first_epoch_published {
+        config.scheduled_after(now_ms())
+    } else {
+        now_ms()
+    };
     let outcome = match state
         .with_store(move |s| s.join(&config, &member, now_ms()))
         .await
@@ -811,6 +824,7 @@ async fn join(
             "status": status,
             "client_only": !reachable,
             "crowd": crowd_name,
+            "admission_expected_at": (status == "pending").then_some(admission_expected_at),
         }),
     )
 }

@@ -109,6 +109,7 @@ pub fn status(node: &Node) -> serde_json::Value {
         "pf": pf,
         "member_id": member_id,
         "admitted": member_id.is_some(),
+        "admission_expected_at_ms": node.admission_expected_at().filter(|_| member_id.is_none()),
         "client_only": node.client_only(),
         "document_expires_in_ms": crowd.as_ref().map(|c| c.doc.expires_at.saturating_sub(now)),
         "probable_innocence_against": anonymity::max_collaborators(members, pf),
@@ -338,7 +339,16 @@ fn page(node: &Node) -> String {
     let admitted = s["admitted"].as_bool().unwrap_or(false);
     let mut warnings = Vec::new();
     if !admitted {
-        warnings.push("This jondo is not (yet) a member of the crowd: it is waiting for the next epoch. Browsing through it fails until then.".to_string());
+        let when = s["admission_expected_at_ms"]
+            .as_u64()
+            .map(|at| {
+                format!(
+                    " The blender admits new members only at scheduled epochs; the next is in about {}.",
+                    human(at.saturating_sub(now_ms()) / 1000)
+                )
+            })
+            .unwrap_or_default();
+        warnings.push(format!("This jondo is not (yet) a member of the crowd: it is waiting for the next epoch. Browsing through it fails until then.{when}"));
     }
     if s["client_only"].as_bool().unwrap_or(false) {
         warnings.push("The blender cannot reach this jondo's peer port, so it is a <b>client-only</b> member: it can browse but never relays for others, and the first jondo on its path can tell that its requests start in its network. Its anonymity is weaker. Open the peer port (or set --advertise) and restart.".to_string());

@@ -231,6 +231,9 @@ pub struct Node {
     in_flight: Arc<AtomicUsize>,
     /// When this jondo was (continuously) admitted to the crowd, unix ms; 0 if not.
     admitted_since: AtomicU64,
+    /// When the blender expects to admit this jondo (its next scheduled epoch), unix ms;
+    /// 0 if it did not say.
+    admission_expected_at: AtomicU64,
     /// The local HTTP proxy's address (for the PAC file).
     pub proxy_addr: SocketAddr,
     /// Header rules applied to this user's requests.
@@ -321,6 +324,24 @@ impl Node {
     /// Since when this jondo has been a member of the crowd (unix ms), if it is one.
     pub fn admitted_since(&self) -> Option<u64> {
         Some(self.admitted_since.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// When the blender said this jondo's pending join will be admitted (unix ms).
+    pub fn admission_expected_at(&self) -> Option<u64> {
+        Some(self.admission_expected_at.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Notes a join answer: when a pending join is expected to be admitted.
+    fn note_join(&self, joined: &crate::blender::JoinResponse) {
+        let at = joined.admission_expected_at.unwrap_or(0);
+        self.admission_expected_at.store(at, Ordering::Relaxed);
+        if let Some(at) = joined.admission_expected_at {
+            let wait = Duration::from_secs(at.saturating_sub(now_ms()) / 1000);
+            tracing::info!(
+                "waiting for the crowd's next scheduled epoch to be admitted, in about {}",
+                humantime::format_duration(wait)
+            );
+        }
     }
 
     /// Whether the crowd lists this jondo as client-only (unreachable behind a firewall).
@@ -857,6 +878,7 @@ pub async fn start(
         adopted: tokio::sync::watch::channel(0).0,
         in_flight: Arc::default(),
         admitted_since: AtomicU64::new(0),
+        admission_expected_at: AtomicU64::new(0),
         proxy_addr,
         hygiene: Hygiene {
             strip_cookies: !config.keep_cookies,
@@ -939,6 +961,7 @@ pub async fn start(
     if let Some(crowd) = &joined.crowd {
         lock(&node.view).set_crowd(crowd);
     }
+    node.note_join(&joined);
     if joined.client_only {
         tracing::warn!(
             "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \
@@ -1186,11 +1209,12 @@ async fn heartbeat(
             Ok(r) if r.status == StatusCode::FORBIDDEN => {
                 // The blender dropped us (we were silent, or it lost state): join again.
                 tracing::warn!("the blender no longer lists this jondo; joining again");
-                if let Err(e) = blender
+                match blender
                     .join(&config.account, config.password.expose(), advertise)
                     .await
                 {
-                    tracing::warn!("re-join failed: {e}");
+                    Ok(joined) => node.note_join(&joined),
+                    Err(e) => tracing::warn!("re-join failed: {e}"),
                 }
             }
             Ok(_) => node.blender_ok.store(true, Ordering::Relaxed),

@@ -86,6 +86,11 @@ pub struct JoinResponse {
     /// The crowd the account belongs to (absent from old blenders: the default one).
     #[serde(default)]
     pub crowd: Option<String>,
+    /// For a pending join: when the next scheduled epoch, which admits it, is due (unix
+    /// ms). Epochs happen only at scheduled times, so a newcomer may wait up to a join
+    /// interval; the jondo tells its user when.
+    #[serde(default)]
+    pub admission_expected_at: Option<u64>,
 }
 
 impl std::fmt::Debug for JoinRequest {

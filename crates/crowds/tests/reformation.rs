@@ -249,3 +249,91 @@ async fn links_made_with_an_old_key_close_when_the_key_changes() {
     };
     assert!(refused, "the old key still gets a link");
 }
+
+/// A newcomer to a crowd that already has an epoch waits for the next scheduled one, and
+/// its status says when that is (here: the next full hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_is_told_when_it_will_be_admitted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (blender_dir, logs) = (dir.path().join("blender"), dir.path().join("logs"));
+    for i in 0..2 {
+        account_add(&blender_dir, &format!("j{i}"), &format!("pw {i}"));
+    }
+    let addr = free_local_addr();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("blender")
+        .arg("--data-dir")
+        .arg(&blender_dir)
+        .args(["--listen", &addr.to_string(), "--join-interval", "1h"]);
+    let _blender = Proc::spawn("blender", &mut cmd, &logs);
+    let blender_pub = blender_dir.join("blender.pub");
+    eventually("blender.pub", Duration::from_secs(30), || {
+        let ready = blender_pub.exists();
+        async move { ready.then_some(()).ok_or("not yet".to_string()) }
+    })
+    .await;
+    let mut jondos = Vec::new();
+    for i in 0..2 {
+        let ip = jondo_ip(40 + i);
+        let data_dir = dir.path().join(format!("j{i}"));
+        let pw_file = dir.path().join(format!("j{i}.password"));
+        write_file_mode(&pw_file, &format!("pw {i}\n"), 0o600);
+        let control = free_local_addr();
+        let proc = spawn_jondo(&JondoSpec {
+            name: &format!("j{i}"),
+            data_dir: &data_dir,
+            blender: addr,
+            blender_key: &blender_pub,
+            account: &format!("j{i}"),
+            password_file: &pw_file,
+            peer: SocketAddr::new(IpAddr::V4(ip), free_port(ip)),
+            proxy: free_local_addr(),
+            socks: free_local_addr(),
+            control,
+            allow_private: true,
+            extra: &[],
+            log_dir: &logs,
+        });
+        // The first member starts the crowd: its epoch is cut at once.
+        if i == 0 {
+            eventually(
+                "the first member's admission",
+                FORM_TIMEOUT,
+                || async move {
+                    let s = status_of(control).await?;
+                    (s["admitted"] == true)
+                        .then_some(())
+                        .ok_or(format!("admitted {}", s["admitted"]))
+                },
+            )
+            .await;
+        }
+        jondos.push((proc, control));
+    }
+    let control = jondos[1].1;
+    let expected = eventually(
+        "the newcomer's expected admission",
+        FORM_TIMEOUT,
+        || async move {
+            let s = status_of(control).await?;
+            s["admission_expected_at_ms"]
+                .as_u64()
+                .ok_or(format!("not told yet: {s}"))
+        },
+    )
+    .await;
+    let now = crowds_node::net::now_ms();
+    let hour = 3_600_000;
+    assert!(
+        expected > now && expected <= now + hour,
+        "{expected} vs {now}"
+    );
+    assert_eq!(expected % hour, 0, "admission at a scheduled time");
+    let s = status_of(control).await.expect("status");
+    assert_eq!(s["admitted"], false);
+    let (_, page) = direct_get(control, "/").await.expect("page");
+    assert!(
+        String::from_utf8_lossy(&page).contains("only at scheduled epochs"),
+        "the status page says when the newcomer will be admitted"
+    );
+}
