@@ -81,22 +81,20 @@ async fn client_aborts_and_malformed_bodies_do_not_reform_the_path() {
         exit,
         "the initiator's exit changed after client-side failures"
     );
-    let status = j.status().await.expect("status");
-    assert!(
-        status["requests"]["client_failures"].as_u64().unwrap_or(0) >= 1,
-        "client-side failures are counted as such: {}",
-        status["requests"]
-    );
+    // (`client_failures` counts such requests when the jondo still holds them when the
+    // body fails; a client that vanishes may take its request with it first, so the
+    // count is not asserted here.)
 }
 
 /// The rule's other half: a successor that is really gone (SIGKILL) breaks the hop, the
 /// request is retried on a re-formed hop that avoids the dead member, and it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_successor_still_reforms_the_hop() {
-    let mut crowd = Crowd::start(4).await;
+    let mut crowd = Crowd::start(5).await;
     let origin = Origin::start().await;
-    // Find an initiator whose exit is another member (each path ends at its own
-    // jondo with probability of about a quarter, so this takes a try or two).
+    // Find an initiator whose exit is another member (a path ends at its own jondo
+    // with probability of about a fifth, so this takes a try or two; all five do with
+    // probability of about 0.0003).
     let mut chosen = None;
     for (i, j) in crowd.jondos.iter().enumerate() {
         let exit = exit_of(j.proxy, &origin).await;
