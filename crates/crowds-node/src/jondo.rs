@@ -370,11 +370,12 @@ impl Node {
     }
 
     /// The members this jondo may choose as successors now: the document's forwarders
-    /// without those whose link just failed here.
-    fn candidates(&self, crowd: &Crowd) -> Vec<MemberId> {
+    /// without those whose link just failed here (borrowed as they are when none did).
+    fn candidates<'a>(&self, crowd: &'a Crowd) -> std::borrow::Cow<'a, [MemberId]> {
+        use std::borrow::Cow;
         let mut failed = lock(&self.failed);
         if failed.is_empty() {
-            return crowd.forwarders.clone();
+            return Cow::Borrowed(&crowd.forwarders);
         }
         let now = now_ms();
         failed.retain(|_, until| *until > now);
@@ -386,9 +387,9 @@ impl Node {
             .collect();
         // Every member failed: better to try them again than to refuse the user.
         if usable.is_empty() {
-            crowd.forwarders.clone()
+            Cow::Borrowed(&crowd.forwarders)
         } else {
-            usable
+            Cow::Owned(usable)
         }
     }
 

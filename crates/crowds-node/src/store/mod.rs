@@ -649,13 +649,17 @@ impl Store {
     /// strangers.
     pub fn heartbeat(&mut self, key: &PublicKey, now: u64) -> Result<bool, StoreError> {
         let key = Value::from(key.to_hex());
+        // Pending first: an epoch committed between the two statements moves the row from
+        // pending to members, and under PostgreSQL's read-committed isolation the second
+        // statement (a fresh snapshot) then finds it in members. The other order could
+        // miss it in both and turn a member that was just admitted away with a 403.
         self.tx(|tx| {
-            let a = tx.exec(
-                "UPDATE members SET last_seen = $1 WHERE public_key = $2",
-                &[now.into(), key.clone()],
-            )?;
             let b = tx.exec(
                 "UPDATE pending SET last_seen = $1 WHERE public_key = $2",
+                &[now.into(), key.clone()],
+            )?;
+            let a = tx.exec(
+                "UPDATE members SET last_seen = $1 WHERE public_key = $2",
                 &[now.into(), key.clone()],
             )?;
             Ok(a + b > 0)
