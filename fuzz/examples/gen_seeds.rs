@@ -392,7 +392,11 @@ fn document_delta() {
         write("document_delta", name, &delta);
         write("document_delta", &format!("body-{name}"), &body(&next));
     }
-    write("document_delta", "magic-only", crowds_proto::delta::DELTA_MAGIC);
+    write(
+        "document_delta",
+        "magic-only",
+        crowds_proto::delta::DELTA_MAGIC,
+    );
 }
 
 fn main() {

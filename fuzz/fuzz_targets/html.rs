@@ -2,11 +2,14 @@
 //! any server, fed in chunks whose sizes come from the input.
 //!
 //! Checks that neither the scanner nor the filter panics, that every URL the scanner
-//! announces is a normalised absolute `http://` URL within the limits, and that the
-//! filter, given a whole page at once or in pieces, produces the same output.
+//! announces is a normalised absolute `http://` URL within the limits, that the scanner
+//! finds the same objects however the page is cut, and that the filter, given a whole
+//! page at once or in pieces, produces the same output. The same bytes, read as a
+//! stylesheet, go through the CSS reference scanner (`css_urls`, `stylesheet_urls`).
 #![no_main]
 
 use crowds_proto::bundle::MAX_URL;
+use crowds_proto::css::{css_urls, stylesheet_urls};
 use crowds_proto::html::{normalize, ActiveFilter, Scanner, MAX_OBJECTS};
 use libfuzzer_sys::fuzz_target;
 
@@ -15,21 +18,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let step = usize::from(step).max(1);
-    let mut scanner = Scanner::new("http://site.example/dir/page.html").expect("base");
-    let mut found = Vec::new();
-    for chunk in page.chunks(step) {
-        found.extend(scanner.feed(chunk));
+    let found = scan(page, step);
+    check(&found);
+    assert_eq!(
+        found,
+        scan(page, page.len().max(1)),
+        "scanning depends on how the page was cut"
+    );
+
+    let css = String::from_utf8_lossy(page);
+    for url in css_urls(&css) {
+        assert!(!url.is_empty());
+        assert!(!url.to_ascii_lowercase().starts_with("data:"), "{url}");
     }
-    found.extend(scanner.finish());
-    assert!(found.len() <= MAX_OBJECTS);
-    for url in &found {
-        assert!(url.len() <= MAX_URL);
-        assert_eq!(
-            normalize(url).as_deref(),
-            Some(url.as_str()),
-            "not normalised: {url}"
-        );
-    }
+    let objects = stylesheet_urls(&css, "http://site.example/css/main.css");
+    check(&objects);
 
     let whole = filter(page, page.len().max(1));
     let pieces = filter(page, step);
@@ -38,6 +41,31 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(a, b, "filtering depends on how the page was cut");
     }
 });
+
+fn scan(page: &[u8], step: usize) -> Vec<String> {
+    let mut scanner = Scanner::new("http://site.example/dir/page.html").expect("base");
+    let mut found = Vec::new();
+    for chunk in page.chunks(step) {
+        found.extend(scanner.feed(chunk));
+    }
+    found.extend(scanner.finish());
+    found
+}
+
+/// At most MAX_OBJECTS distinct, normalised `http://` URLs of at most MAX_URL bytes.
+fn check(found: &[String]) {
+    assert!(found.len() <= MAX_OBJECTS);
+    let distinct: std::collections::HashSet<&String> = found.iter().collect();
+    assert_eq!(distinct.len(), found.len(), "duplicates: {found:?}");
+    for url in found {
+        assert!(url.len() <= MAX_URL);
+        assert_eq!(
+            normalize(url).as_deref(),
+            Some(url.as_str()),
+            "not normalised: {url}"
+        );
+    }
+}
 
 fn filter(page: &[u8], step: usize) -> Result<Vec<u8>, ()> {
     let mut f = ActiveFilter::new();

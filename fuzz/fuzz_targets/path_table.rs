@@ -262,7 +262,10 @@ fn route_checked(
                 (Predecessor::Local, PathId::LOCAL),
                 "the local path was refused"
             );
-            assert!(model.count(p) < model.share(), "TableFull instead of PredecessorFull");
+            assert!(
+                model.count(p) < model.share(),
+                "TableFull instead of PredecessorFull"
+            );
             assert!(
                 model.routes.len() >= model.capacity(),
                 "TableFull below the capacity"
@@ -275,7 +278,10 @@ fn route_checked(
                 (Predecessor::Local, PathId::LOCAL),
                 "the local path was refused"
             );
-            assert!(model.count(p) >= model.share(), "PredecessorFull below the share");
+            assert!(
+                model.count(p) >= model.share(),
+                "PredecessorFull below the share"
+            );
         }
         Err(RouteError::EmptyCrowd) => {
             assert!(fresh);
@@ -318,7 +324,15 @@ fn flood(table: &mut PathTable, model: &mut Model, rng: &mut StdRng, list: &[Mem
     }
     model.remove(Predecessor::Local, PathId::LOCAL);
     table.forget(Predecessor::Local, PathId::LOCAL);
-    let local = route_checked(table, model, rng, Predecessor::Local, PathId::LOCAL, 0.75, list);
+    let local = route_checked(
+        table,
+        model,
+        rng,
+        Predecessor::Local,
+        PathId::LOCAL,
+        0.75,
+        list,
+    );
     assert!(local.is_ok(), "the local path was refused in a full table");
 }
 

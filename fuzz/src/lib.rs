@@ -4,7 +4,9 @@
 
 use crowds_proto::document::{CrowdDocument, Member};
 use crowds_proto::headers::{
-    sanitize_request, sanitize_response, Hygiene, CROWD_ACCEPT_LANGUAGE, CROWD_USER_AGENT,
+    sanitize_request, sanitize_response, Hygiene, ACCEPT_ANY, ACCEPT_IMAGE, ACCEPT_JSON,
+    ACCEPT_PAGE, ACCEPT_STYLE, CROWD_ACCEPT_LANGUAGE, CROWD_USER_AGENT, ENCODINGS_BROWSER,
+    ENCODINGS_GZIP,
 };
 use crowds_proto::identity::{PublicKey, SecretKey};
 use http::header::{self, HeaderMap, HeaderName};
@@ -201,11 +203,46 @@ pub fn check_sanitize_request(before: &HeaderMap, rules: Hygiene) -> HeaderMap {
         assert!(languages.is_empty(), "accept-language added");
     }
     if rules.strip_cookies {
-        assert!(!after.contains_key(header::COOKIE), "cookie kept");
+        for name in [
+            header::COOKIE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::AUTHORIZATION,
+        ] {
+            assert!(
+                !after.contains_key(&name),
+                "{name} kept with cookie stripping"
+            );
+        }
     }
-    // Everything that was not removed is untouched (same values, same order).
+    let accepts: Vec<_> = after.get_all(header::ACCEPT).iter().collect();
+    assert!(accepts.len() <= 1, "several accept headers left");
+    for a in accepts {
+        assert!(
+            [
+                ACCEPT_PAGE,
+                ACCEPT_IMAGE,
+                ACCEPT_STYLE,
+                ACCEPT_JSON,
+                ACCEPT_ANY
+            ]
+            .contains(&a.to_str().unwrap_or("")),
+            "accept not normalised: {a:?}"
+        );
+    }
+    for e in after.get_all(header::ACCEPT_ENCODING) {
+        assert!(
+            [ENCODINGS_BROWSER, ENCODINGS_GZIP].contains(&e.to_str().unwrap_or("")),
+            "accept-encoding not normalised: {e:?}"
+        );
+    }
+    // Everything that was not removed or normalised is untouched (same values, order).
     for name in after.keys() {
-        if name != header::USER_AGENT && name != header::ACCEPT_LANGUAGE {
+        if name != header::USER_AGENT
+            && name != header::ACCEPT_LANGUAGE
+            && name != header::ACCEPT
+            && name != header::ACCEPT_ENCODING
+        {
             assert!(
                 before.get_all(name).iter().eq(after.get_all(name).iter()),
                 "sanitize_request changed the values of {name:?}"

@@ -149,6 +149,7 @@ pub async fn start_with_progress(
             no_prefetch: false,
             strip_active_content: false,
             exit_ports: None,
+            insecure_allow_low_pf: false,
         };
         jondos.push(jondo::start(jc, shutdown.clone()).await?);
         progress(Step::Jondos(i + 1, config.jondos));

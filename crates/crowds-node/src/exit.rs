@@ -195,6 +195,7 @@ async fn try_submit<G: Send + 'static>(
         .ok_or(ErrorKind::BadRequest)?;
     let navigation = parts.headers.contains_key(prefetch::PREFETCH_HEADER);
     headers::sanitize_request(&mut parts.headers, Hygiene::SAFETY_NET);
+    headers::trim_origin(&mut parts.headers, &parts.uri);
     if navigation {
         // The page must be parsed here, so ask for it uncompressed.
         parts.headers.insert(

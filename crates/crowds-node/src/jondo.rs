@@ -1,11 +1,13 @@
 //! The jondo daemon: a crowd member's proxy, relay and exit in one process.
 //!
-//! Owns the wiring: it logs in at the blender, keeps the crowd document fresh (and acts
-//! on epoch changes: new members re-form every path, departed members close links),
+//! Owns the wiring: it logs in at the blender, keeps the crowd document fresh (refusing
+//! one with pf <= 1/2 unless started with `--insecure-allow-low-pf`, and acting on epoch
+//! changes: new members re-form every path, departed members close links),
 //! heartbeats, listens for peers (TLS admits only keys in the current document) and
 //! runs each relayed request through the path table: forward on a link, to itself, or
 //! submit at the exit. The rules themselves live in [`crowds_proto`]; this module is
-//! the thin async shell around them. It never logs destinations or contents.
+//! the thin async shell around them. It never logs destinations or contents, nor other
+//! members' ids above debug level (a log that names successors helps link paths).
 
 use crate::blender_client::BlenderClient;
 use crate::body::{self, Body};
@@ -102,6 +104,9 @@ pub struct JondoConfig {
     /// Destination ports this exit allows (`None`: the default list, or any port
     /// with `allow_private_destinations`).
     pub exit_ports: Option<PortPolicy>,
+    /// Accept a crowd document whose pf is at most 1/2 (experiments only). Without it
+    /// such a document is refused: at pf <= 1/2 no crowd size gives probable innocence.
+    pub insecure_allow_low_pf: bool,
 }
 
 impl JondoConfig {
@@ -138,6 +143,7 @@ impl JondoConfig {
             no_prefetch: false,
             strip_active_content: false,
             exit_ports: None,
+            insecure_allow_low_pf: false,
         }
     }
 }
@@ -190,6 +196,12 @@ pub struct Stats {
     pub client_failures: AtomicU64,
     /// Browser requests answered from page bundles, never sent into the crowd.
     pub served_from_bundles: AtomicU64,
+    /// Announced objects that did not arrive: answered with an error by this jondo,
+    /// never requested through the crowd (the timing defence fails closed).
+    pub bundle_objects_undelivered: AtomicU64,
+    /// Tunnels (SOCKS, CONNECT) whose client spoke plain HTTP: served as proxied
+    /// requests, with hygiene and the timing defence, instead of passed through raw.
+    pub plain_http_in_tunnels: AtomicU64,
     /// Crowd errors returned to this jondo's user, by kind (index: [`ERROR_KINDS`]).
     pub errors: [AtomicU64; ERROR_KINDS.len()],
     /// Peer TLS handshakes completed.
@@ -251,6 +263,27 @@ pub struct Node {
     /// Members whose link failed at this jondo, with the time (unix ms) until which
     /// they are not chosen as successors (see [`FAILED_MEMBER_PAUSE`]).
     failed: Mutex<HashMap<MemberId, u64>>,
+    /// Whether crowd documents with pf <= 1/2 are adopted
+    /// ([`JondoConfig::insecure_allow_low_pf`]).
+    allow_low_pf: bool,
+    /// The pf of the last crowd document refused for being at most 1/2; `None` once a
+    /// document is adopted.
+    refused_pf: Mutex<Option<f64>>,
+    /// The low pf last logged about (its bits), so the log says it once per pf rather
+    /// than at every poll.
+    low_pf_logged: Mutex<Option<u64>>,
+}
+
+/// Why a fetched crowd document was not adopted.
+#[derive(Debug, thiserror::Error)]
+enum AdoptError {
+    /// The view's rules refused it (signature, expiry, epoch, crowd).
+    #[error(transparent)]
+    View(#[from] crowds_proto::view::ViewError),
+    /// Its pf is at most 1/2 and this jondo was not started with
+    /// `--insecure-allow-low-pf`.
+    #[error("the crowd document's pf {0} is at most 1/2")]
+    LowPf(f64),
 }
 
 /// Event records behind the status page's "last 24 hours" figures.
@@ -344,6 +377,43 @@ impl Node {
         }
     }
 
+    /// The pf of the crowd document this jondo last refused for being at most 1/2, while
+    /// no later document was adopted.
+    pub fn refused_pf(&self) -> Option<f64> {
+        *lock(&self.refused_pf)
+    }
+
+    /// Whether this jondo adopts crowd documents with pf <= 1/2 (started with
+    /// `--insecure-allow-low-pf`).
+    pub fn allows_low_pf(&self) -> bool {
+        self.allow_low_pf
+    }
+
+    /// Logs a document's pf <= 1/2 (refused, or adopted under the insecure flag), once
+    /// per pf.
+    fn log_low_pf(&self, pf: f64, adopted: bool) {
+        let mut logged = lock(&self.low_pf_logged);
+        if *logged == Some(pf.to_bits()) {
+            return;
+        }
+        *logged = Some(pf.to_bits());
+        if adopted {
+            tracing::warn!(
+                "--insecure-allow-low-pf: using a crowd whose pf {pf} is at most 1/2. No crowd \
+                 size gives probable innocence at this pf: collaborators on a path can tell, \
+                 more likely than not, who started a request. For experiments only."
+            );
+        } else {
+            tracing::error!(
+                "refusing the crowd document: its pf {pf} is at most 1/2, and at such a pf no \
+                 crowd size gives probable innocence (collaborators on a path can tell, more \
+                 likely than not, who started a request). Browsing through this jondo fails \
+                 until the blender publishes a pf above 1/2. For experiments only, start the \
+                 jondo with --insecure-allow-low-pf."
+            );
+        }
+    }
+
     /// Whether the crowd lists this jondo as client-only (unreachable behind a firewall).
     pub fn client_only(&self) -> bool {
         self.crowd()
@@ -393,14 +463,30 @@ impl Node {
         }
     }
 
-    /// Verifies and adopts a fetched document.
-    fn adopt(&self, bytes: &[u8]) -> Result<Change, crowds_proto::view::ViewError> {
+    /// Verifies and adopts a fetched document; one with pf <= 1/2 only if this jondo
+    /// allows it ([`JondoConfig::insecure_allow_low_pf`]).
+    fn adopt(&self, bytes: &[u8]) -> Result<Change, AdoptError> {
         let mut view = lock(&self.view);
-        let change = view.accept(bytes, now_ms())?;
-        let Some(doc) = view.current().cloned() else {
+        // Accepted into a copy first, so a refused document leaves the view as it was.
+        let mut next = view.clone();
+        let change = next.accept(bytes, now_ms())?;
+        let Some(doc) = next.current().cloned() else {
+            *view = next;
             return Ok(change);
         };
+        let pf = doc.forward_probability;
+        if crowds_proto::pf_is_secure(pf) {
+            *lock(&self.low_pf_logged) = None;
+        } else {
+            self.log_low_pf(pf, self.allow_low_pf);
+            if !self.allow_low_pf {
+                *lock(&self.refused_pf) = Some(pf);
+                return Err(AdoptError::LowPf(pf));
+            }
+        }
+        *view = next;
         drop(view);
+        *lock(&self.refused_pf) = None;
         let crowd = Arc::new(Crowd::new(doc, &self.me));
         if crowd.self_id.is_none() {
             self.admitted_since.store(0, Ordering::Relaxed);
@@ -454,6 +540,7 @@ impl Node {
         self.stats.initiated.fetch_add(1, Ordering::Relaxed);
         // The client's end of a tunnel stays here, so the request can be retried.
         let client_end = tunnel::take_end(&mut req);
+        let authority = req.uri().authority().map(|a| a.to_string());
         let retry = retry_copy(&req);
         let mut resp = self.clone().relay(Predecessor::Local, req).await;
         // Each attempt repairs the hop that broke, so a second repair (around a new
@@ -479,7 +566,18 @@ impl Node {
                     return body::crowd_error(ErrorKind::PathBroken);
                 };
                 let guard = InFlight::new(&self.in_flight);
-                tunnel::splice(client_end, crowd_end, self.exit.idle_timeout, guard);
+                let node = self.clone();
+                let authority = authority.unwrap_or_default();
+                let on_http: tunnel::OnPlainHttp = Box::new(move |client| {
+                    tokio::spawn(crate::proxy::serve_in_tunnel(node, client, authority));
+                });
+                tunnel::splice_sniffed(
+                    client_end,
+                    crowd_end,
+                    self.exit.idle_timeout,
+                    guard,
+                    on_http,
+                );
             }
         }
         resp
@@ -690,7 +788,9 @@ impl Node {
                         body::crowd_error(ErrorKind::PathBroken)
                     }
                     Err(e) => {
-                        tracing::warn!("path broken: {e}");
+                        // Debug, not warn: the error names the successor's member id, and
+                        // member ids in logs help whoever reads them link paths.
+                        tracing::debug!("path broken: {e}");
                         self.stats.path_failures.fetch_add(1, Ordering::Relaxed);
                         // Only this hop is forgotten: it is decided afresh next time, and
                         // not with the member that just failed.
@@ -893,6 +993,9 @@ pub async fn start(
         }),
         own_path_formed: AtomicBool::new(false),
         failed: Mutex::new(HashMap::new()),
+        allow_low_pf: config.insecure_allow_low_pf,
+        refused_pf: Mutex::new(None),
+        low_pf_logged: Mutex::new(None),
     });
 
     let mut tasks = Vec::new();
@@ -964,11 +1067,7 @@ pub async fn start(
     }
     node.note_join(&joined);
     if joined.client_only {
-        tracing::warn!(
-            "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \
-             It can browse, but never relays for others, and its first hop can tell that its requests \
-             start in its network: its anonymity is weaker. Open the peer port (or set --advertise) to fix this."
-        );
+        warn_client_only(advertise);
     }
     tasks.push(tokio::spawn(poll_documents(
         node.clone(),
@@ -992,6 +1091,17 @@ pub async fn start(
         blender,
         tasks,
     })
+}
+
+/// Tells the user, at warn level, what joining as a client-only member costs.
+fn warn_client_only(advertise: SocketAddr) {
+    tracing::warn!(
+        "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \
+         It can browse, but it never relays for others, so the first jondo on its path knows that \
+         every request it gets from this jondo was started here: against a collaborating first hop \
+         its user has no anonymity, and the crowd's probable innocence does not cover it. Open the \
+         peer port (or set --advertise) and restart to become a forwarding member."
+    );
 }
 
 async fn join_with_retry(
@@ -1153,6 +1263,11 @@ async fn poll_documents(node: Arc<Node>, blender: BlenderClient, shutdown: Cance
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(Err(AdoptError::LowPf(_))) => {
+                        // Logged once by `adopt`. The same document is not fetched again
+                        // until the blender changes it.
+                        etag = reply.headers.get(header::ETAG).cloned();
+                    }
                     Ok(Err(e)) => tracing::warn!("rejected a crowd document: {e}"),
                     Err(e) => {
                         tracing::warn!(
@@ -1214,7 +1329,12 @@ async fn heartbeat(
                     .join(&config.account, config.password.expose(), advertise)
                     .await
                 {
-                    Ok(joined) => node.note_join(&joined),
+                    Ok(joined) => {
+                        if joined.client_only {
+                            warn_client_only(advertise);
+                        }
+                        node.note_join(&joined);
+                    }
                     Err(e) => tracing::warn!("re-join failed: {e}"),
                 }
             }

@@ -32,12 +32,17 @@ pub use crowds_proto::bundle::PREFETCH_HEADER;
 
 /// Most objects fetched for one page.
 pub const MAX_OBJECTS: usize = crowds_proto::html::MAX_OBJECTS;
-/// Largest object fetched.
-pub const MAX_OBJECT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest object fetched. An announced object larger than this reaches the browser
+/// as an error (it is never requested through the crowd afterwards).
+pub const MAX_OBJECT_BYTES: usize = 16 * 1024 * 1024;
 /// Most bytes of objects fetched for one page.
-pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_BUNDLE_BYTES: usize = 48 * 1024 * 1024;
+/// Objects of one page the exit fetches at once (what a browser does per server).
+pub const OBJECT_FETCHES: usize = 6;
 /// Most bytes of objects an initiator keeps at once.
-pub const MAX_CACHE_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Most objects an initiator keeps (announced or received) at once.
+pub const MAX_CACHE_ENTRIES: usize = 4 * MAX_OBJECTS;
 /// How long an unused object is kept.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// How long the browser's request waits for an announced object still on its way.
@@ -161,38 +166,111 @@ async fn produce(
     if tx.send(end).await.is_err() {
         return;
     }
-    let mut budget = MAX_BUNDLE_BYTES;
-    for url in announced {
-        if !send_object(&url, &tx, &config, &crowd, &mut budget).await {
-            let Some(f) = control(&Frame::ObjectFailed(url)) else {
-                return;
+    send_objects(announced, &tx, &config, &crowd).await;
+}
+
+/// An object fetched whole by the exit, ready to be framed.
+struct Fetched {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    stylesheet: bool,
+}
+
+/// Fetches the announced objects, [`OBJECT_FETCHES`] at a time, and sends each whole as
+/// soon as it is complete (frames of two objects never interleave). Stylesheets are
+/// read for the objects they embed (fonts, images, imports), one level deep: those are
+/// announced before the stylesheet itself is sent, so the browser never asks for them
+/// before the initiator knows they are coming.
+async fn send_objects(
+    announced: Vec<String>,
+    tx: &mpsc::Sender<FrameResult>,
+    config: &ExitConfig,
+    crowd: &Arc<Crowd>,
+) {
+    let mut seen: std::collections::HashSet<String> = announced.iter().cloned().collect();
+    let budget = Arc::new(std::sync::atomic::AtomicUsize::new(MAX_BUNDLE_BYTES));
+    let mut queue: std::collections::VecDeque<String> = announced.into();
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    loop {
+        while running.len() < OBJECT_FETCHES {
+            let Some(url) = queue.pop_front() else { break };
+            let (config, crowd, budget) = (config.clone(), crowd.clone(), budget.clone());
+            running.push(async move {
+                let fetched = fetch_object(&url, &config, &crowd, &budget).await;
+                (url, fetched)
+            });
+        }
+        let Some((url, fetched)) = futures_util::StreamExt::next(&mut running).await else {
+            return;
+        };
+        let frames = match fetched {
+            Some(obj) => {
+                let mut frames = Vec::new();
+                if obj.stylesheet {
+                    let css = String::from_utf8_lossy(&obj.body);
+                    for found in crowds_proto::css::stylesheet_urls(&css, &url) {
+                        if seen.len() >= MAX_OBJECTS {
+                            break;
+                        }
+                        if seen.insert(found.clone()) {
+                            frames.push(Frame::Announce(found.clone()));
+                            queue.push_back(found);
+                        }
+                    }
+                }
+                frames.push(Frame::ObjectHead {
+                    url,
+                    status: obj.status,
+                    headers: obj.headers,
+                });
+                frames.extend(
+                    obj.body
+                        .chunks(bundle::MAX_FRAME_PAYLOAD)
+                        .map(|c| Frame::ObjectData(c.to_vec())),
+                );
+                frames.push(Frame::ObjectEnd);
+                frames
+            }
+            None => vec![Frame::ObjectFailed(url)],
+        };
+        for f in frames {
+            let encoded = match &f {
+                Frame::ObjectData(d) => data(false, d),
+                other => match control(other) {
+                    Some(e) => e,
+                    None => return,
+                },
             };
-            if tx.send(f).await.is_err() {
+            if tx.send(encoded).await.is_err() {
                 return;
             }
         }
     }
 }
 
-/// Fetches one object and sends it; false if it could not be sent whole.
-async fn send_object(
+/// Fetches one object whole; `None` if it failed, or is larger than
+/// [`MAX_OBJECT_BYTES`] or what is left of the bundle's `budget`.
+async fn fetch_object(
     url: &str,
-    tx: &mpsc::Sender<FrameResult>,
     config: &ExitConfig,
     crowd: &Crowd,
-    budget: &mut usize,
-) -> bool {
-    let Ok(uri) = url.parse::<Uri>() else {
-        return false;
-    };
+    budget: &std::sync::atomic::AtomicUsize,
+) -> Option<Fetched> {
+    use std::sync::atomic::Ordering;
+    let uri = url.parse::<Uri>().ok()?;
     let mut req = Request::new(body::empty());
     *req.uri_mut() = uri;
     req.headers_mut()
         .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-    let Ok(resp) = exit::fetch(req, config, crowd).await else {
-        return false;
-    };
+    let resp = exit::fetch(req, config, crowd).await.ok()?;
     let (parts, mut obj) = resp.into_parts();
+    let stylesheet = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/css"))
+        && !parts.headers.contains_key(header::CONTENT_ENCODING);
     let headers: Vec<(String, Vec<u8>)> = parts
         .headers
         .iter()
@@ -200,41 +278,28 @@ async fn send_object(
         .take(bundle::MAX_OBJECT_HEADERS)
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
-    let head = Frame::ObjectHead {
-        url: url.to_string(),
+    let mut body = Vec::new();
+    while let Some(frame) = obj.frame().await {
+        let Ok(bytes) = frame.ok()?.into_data() else {
+            continue;
+        };
+        if body.len() + bytes.len() > MAX_OBJECT_BYTES {
+            return None;
+        }
+        // Take the bytes from the bundle's budget before holding them.
+        budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes.len())
+            })
+            .ok()?;
+        body.extend_from_slice(&bytes);
+    }
+    Some(Fetched {
         status: parts.status.as_u16(),
         headers,
-    };
-    let Some(head) = control(&head) else {
-        return false;
-    };
-    if tx.send(head).await.is_err() {
-        return false;
-    }
-    let mut size = 0usize;
-    loop {
-        match obj.frame().await {
-            Some(Ok(frame)) => {
-                let Ok(bytes) = frame.into_data() else {
-                    continue;
-                };
-                size += bytes.len();
-                if size > MAX_OBJECT_BYTES || size > *budget {
-                    return false;
-                }
-                if tx.send(data(false, &bytes)).await.is_err() {
-                    return false;
-                }
-            }
-            Some(Err(_)) => return false,
-            None => break,
-        }
-    }
-    *budget -= size;
-    let Some(end) = control(&Frame::ObjectEnd) else {
-        return false;
-    };
-    tx.send(end).await.is_ok()
+        body,
+        stylesheet,
+    })
 }
 
 /// An object received in a bundle.
@@ -269,11 +334,57 @@ struct Entry {
     since: Instant,
 }
 
-/// The initiator's store of announced and received objects.
+/// What the initiator answers for a browser request, when it answers it itself.
+pub enum Local {
+    /// The object, as the exit sent it with its page.
+    Object(Response<Body>),
+    /// The exit announced the object but it did not arrive whole (the exit could not
+    /// fetch it, or the bundle was cut or altered on the path).
+    Undelivered,
+    /// The exit announced the object but it did not arrive within [`ANNOUNCED_WAIT`].
+    TimedOut,
+}
+
+#[derive(Default)]
+struct Held {
+    entries: HashMap<String, Arc<Entry>>,
+    /// Bytes of the objects in `Ready` entries.
+    bytes: usize,
+}
+
+impl Held {
+    /// Drops entries older than [`CACHE_TTL`], giving back their bytes.
+    fn expire(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            let keep = now.duration_since(e.since) < CACHE_TTL;
+            if !keep {
+                freed += ready_bytes(e);
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+fn ready_bytes(e: &Entry) -> usize {
+    match &*e.state.borrow() {
+        State::Ready(o) => o.body.len(),
+        _ => 0,
+    }
+}
+
+/// The initiator's store of announced and received objects, bounded in entries
+/// ([`MAX_CACHE_ENTRIES`]) and bytes ([`MAX_CACHE_BYTES`]); an entry lives at most
+/// [`CACHE_TTL`], and gives its bytes back when it is served or expires.
+///
+/// An object that was announced is never requested through the crowd within that time:
+/// if it does not arrive, the browser gets an error from the initiator itself. Sending
+/// it into the crowd would be exactly the request timing the bundle exists to hide, and
+/// any collaborator on the path could force it by cutting the bundle.
 #[derive(Default)]
 pub struct ObjectCache {
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
-    bytes: Mutex<usize>,
+    held: Mutex<Held>,
 }
 
 impl ObjectCache {
@@ -282,39 +393,59 @@ impl ObjectCache {
         Self::default()
     }
 
-    fn announce(&self, url: &str) -> Arc<Entry> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an announced object; `None` when the cache holds too many entries (the
+    /// object is then not taken from this bundle).
+    fn announce(&self, url: &str) -> Option<Arc<Entry>> {
+        let mut held = self.lock();
         let now = Instant::now();
-        entries.retain(|_, e| now.duration_since(e.since) < CACHE_TTL);
-        entries
-            .entry(url.to_string())
-            .or_insert_with(|| {
-                Arc::new(Entry {
-                    state: watch::channel(State::Pending).0,
-                    since: now,
-                })
-            })
-            .clone()
+        held.expire(now);
+        if let Some(e) = held.entries.get(url) {
+            // A failed object announced again (by another page) gets a new chance.
+            if !matches!(*e.state.borrow(), State::Failed) {
+                return Some(e.clone());
+            }
+        }
+        if held.entries.len() >= MAX_CACHE_ENTRIES {
+            return None;
+        }
+        let entry = Arc::new(Entry {
+            state: watch::channel(State::Pending).0,
+            since: now,
+        });
+        held.entries.insert(url.to_string(), entry.clone());
+        Some(entry)
     }
 
-    fn get(&self, url: &str) -> Option<Arc<Entry>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(url)
-            .cloned()
+    /// Stores a received object if it fits; otherwise marks it failed.
+    fn fill(&self, entry: &Entry, object: Object) {
+        let mut held = self.lock();
+        held.expire(Instant::now());
+        let size = object.body.len();
+        let pending = matches!(*entry.state.borrow(), State::Pending);
+        if pending && held.bytes + size <= MAX_CACHE_BYTES {
+            held.bytes += size;
+            entry.state.send_replace(State::Ready(Arc::new(object)));
+        } else if pending {
+            entry.state.send_replace(State::Failed);
+        }
     }
 
-    fn remove(&self, url: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(url);
+    /// Removes `url` if it is still `entry`, giving back its bytes.
+    fn remove(&self, url: &str, entry: &Arc<Entry>) {
+        let mut held = self.lock();
+        if held.entries.get(url).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            held.entries.remove(url);
+            held.bytes -= ready_bytes(entry);
+        }
     }
 
     /// Number of objects announced or held.
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().entries.len()
     }
 
     /// Whether the cache is empty.
@@ -322,29 +453,33 @@ impl ObjectCache {
         self.len() == 0
     }
 
-    /// The browser asks for `url`: if an exit announced it, wait for it (bounded) and
-    /// answer locally. `None` means: send the request into the crowd as usual.
-    pub async fn take(&self, url: &str) -> Option<Response<Body>> {
-        let entry = self.get(url)?;
+    /// Bytes of received objects held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The browser asks for `url`: if an exit announced it (within [`CACHE_TTL`]), the
+    /// answer comes from here: the object, waited for at most [`ANNOUNCED_WAIT`], or an
+    /// error. `None` means: not announced, send the request into the crowd as usual.
+    pub async fn take(&self, url: &str) -> Option<Local> {
+        let entry = {
+            let mut held = self.lock();
+            held.expire(Instant::now());
+            held.entries.get(url).cloned()?
+        };
         let mut rx = entry.state.subscribe();
         let waited = tokio::time::timeout(
             ANNOUNCED_WAIT,
             rx.wait_for(|s| !matches!(s, State::Pending)),
         )
-        .await;
-        let state = match waited {
-            Ok(Ok(s)) => s.clone(),
-            _ => State::Failed,
-        };
-        self.remove(url);
-        match state {
-            State::Ready(obj) => {
-                let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-                *bytes = bytes.saturating_sub(obj.body.len());
-                Some(obj.response())
-            }
-            _ => None,
-        }
+        .await
+        .map(|r| r.map(|s| s.clone()));
+        self.remove(url, &entry);
+        Some(match waited {
+            Ok(Ok(State::Ready(obj))) => Local::Object(obj.response()),
+            Err(_) => Local::TimedOut,
+            Ok(_) => Local::Undelivered,
+        })
     }
 }
 
@@ -366,6 +501,16 @@ pub fn unbundle(resp: Response<Body>, cache: Arc<ObjectCache>) -> Response<Body>
     Response::from_parts(parts, StreamBody::new(stream).boxed_unsync())
 }
 
+/// Marks a pending object failed; a received one stays.
+fn fail_pending(s: &mut State) -> bool {
+    if matches!(s, State::Pending) {
+        *s = State::Failed;
+        true
+    } else {
+        false
+    }
+}
+
 struct Current {
     entry: Arc<Entry>,
     status: StatusCode,
@@ -376,7 +521,8 @@ struct Current {
 async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc<ObjectCache>) {
     let mut decoder = Decoder::new();
     let mut page = Some(tx);
-    let mut announced: Vec<Arc<Entry>> = Vec::new();
+    // This bundle's announcements: only these may be filled or failed by it.
+    let mut announced: HashMap<String, Arc<Entry>> = HashMap::new();
     let mut current: Option<Current> = None;
     let outcome: Result<(), BoxError> = async {
         loop {
@@ -398,8 +544,14 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
                     }
                     Frame::PageEnd => page = None,
                     Frame::Announce(url) => {
-                        if let Some(url) = normalize(&url) {
-                            announced.push(cache.announce(&url));
+                        // An exit announces at most what its scanner finds; more is
+                        // not taken (the cache must not grow at an exit's will).
+                        if announced.len() < MAX_OBJECTS {
+                            if let Some(u) = normalize(&url) {
+                                if let Some(e) = cache.announce(&u) {
+                                    announced.insert(u, e);
+                                }
+                            }
                         }
                     }
                     Frame::ObjectHead {
@@ -407,7 +559,8 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
                         status,
                         headers,
                     } => {
-                        let Some(entry) = normalize(&url).and_then(|u| cache.get(&u)) else {
+                        let Some(entry) = normalize(&url).and_then(|u| announced.get(&u).cloned())
+                        else {
                             current = None;
                             continue;
                         };
@@ -429,7 +582,7 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
                     Frame::ObjectData(d) => {
                         if let Some(c) = current.as_mut() {
                             if c.body.len() + d.len() > MAX_OBJECT_BYTES {
-                                c.entry.state.send_replace(State::Failed);
+                                c.entry.state.send_if_modified(fail_pending);
                                 current = None;
                             } else {
                                 c.body.extend_from_slice(&d);
@@ -438,31 +591,20 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
                     }
                     Frame::ObjectEnd => {
                         if let Some(c) = current.take() {
-                            let fits = {
-                                let mut held =
-                                    cache.bytes.lock().unwrap_or_else(|p| p.into_inner());
-                                let fits = *held + c.body.len() <= MAX_CACHE_BYTES;
-                                if fits {
-                                    *held += c.body.len();
-                                }
-                                fits
-                            };
-                            let state = if fits {
-                                State::Ready(Arc::new(Object {
+                            cache.fill(
+                                &c.entry,
+                                Object {
                                     status: c.status,
                                     headers: c.headers,
                                     body: Bytes::from(c.body),
-                                }))
-                            } else {
-                                State::Failed
-                            };
-                            c.entry.state.send_replace(state);
+                                },
+                            );
                         }
                     }
                     Frame::ObjectFailed(url) => {
                         current = None;
-                        if let Some(e) = normalize(&url).and_then(|u| cache.get(&u)) {
-                            e.state.send_replace(State::Failed);
+                        if let Some(e) = normalize(&url).and_then(|u| announced.get(&u)) {
+                            e.state.send_if_modified(fail_pending);
                         }
                     }
                 }
@@ -481,16 +623,9 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
             .send(Err("the page bundle ended before the page did".into()))
             .await;
     }
-    // Whatever did not arrive will not: let waiting requests go to the crowd instead.
-    for entry in announced {
-        entry.state.send_if_modified(|s| {
-            if matches!(s, State::Pending) {
-                *s = State::Failed;
-                true
-            } else {
-                false
-            }
-        });
+    // Whatever did not arrive will not: waiting requests get an error, never the crowd.
+    for entry in announced.values() {
+        entry.state.send_if_modified(fail_pending);
     }
 }
 
@@ -498,29 +633,83 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
 mod tests {
     use super::*;
 
+    fn object(body: &'static [u8]) -> Object {
+        Object {
+            status: StatusCode::OK,
+            headers: vec![],
+            body: Bytes::from_static(body),
+        }
+    }
+
     #[tokio::test]
-    async fn cache_answers_announced_objects_and_falls_back_on_failure() {
+    async fn announced_objects_are_answered_here_delivered_or_not() {
         let cache = Arc::new(ObjectCache::new());
-        let entry = cache.announce("http://a.example/x.png");
+        let entry = cache.announce("http://a.example/x.png").expect("room");
         let waiter = {
             let cache = cache.clone();
             tokio::spawn(async move { cache.take("http://a.example/x.png").await })
         };
-        entry.state.send_replace(State::Ready(Arc::new(Object {
-            status: StatusCode::OK,
-            headers: vec![],
-            body: Bytes::from_static(b"png"),
-        })));
-        let resp = waiter.await.expect("join").expect("served locally");
+        cache.fill(&entry, object(b"png"));
+        let Some(Local::Object(resp)) = waiter.await.expect("join") else {
+            panic!("not served locally");
+        };
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"png");
         assert!(cache.is_empty(), "served once");
-        let failed = cache.announce("http://a.example/y.css");
-        failed.state.send_replace(State::Failed);
-        assert!(cache.take("http://a.example/y.css").await.is_none());
+        assert_eq!(cache.bytes(), 0, "bytes given back when served");
+        let failed = cache.announce("http://a.example/y.css").expect("room");
+        failed.state.send_if_modified(fail_pending);
+        assert!(matches!(
+            cache.take("http://a.example/y.css").await,
+            Some(Local::Undelivered)
+        ));
         assert!(cache
             .take("http://a.example/never-announced")
             .await
             .is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_that_never_comes_times_out_here() {
+        let cache = ObjectCache::new();
+        let _entry = cache.announce("http://a.example/slow.js").expect("room");
+        let started = Instant::now();
+        assert!(matches!(
+            cache.take("http://a.example/slow.js").await,
+            Some(Local::TimedOut)
+        ));
+        assert!(started.elapsed() >= ANNOUNCED_WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unclaimed_objects_give_their_bytes_back() {
+        let cache = ObjectCache::new();
+        // Far more than the cache holds, in objects nobody asks for.
+        let big: &'static [u8] = Box::leak(vec![0u8; MAX_CACHE_BYTES / 8].into_boxed_slice());
+        for round in 0..40 {
+            let url = format!("http://a.example/{round}.bin");
+            let entry = cache.announce(&url).expect("room");
+            cache.fill(&entry, object(big));
+            assert!(
+                matches!(*entry.state.borrow(), State::Ready(_)),
+                "round {round}: the cache is stuck full"
+            );
+            assert!(cache.bytes() <= MAX_CACHE_BYTES);
+            tokio::time::advance(CACHE_TTL / 4).await;
+        }
+        tokio::time::advance(CACHE_TTL).await;
+        let _ = cache.announce("http://a.example/last");
+        assert_eq!(cache.bytes(), 0);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn endless_announcements_do_not_grow_the_cache() {
+        let cache = ObjectCache::new();
+        let admitted = (0..MAX_CACHE_ENTRIES * 3)
+            .filter(|i| cache.announce(&format!("http://a.example/{i}")).is_some())
+            .count();
+        assert_eq!(admitted, MAX_CACHE_ENTRIES);
+        assert_eq!(cache.len(), MAX_CACHE_ENTRIES);
     }
 }

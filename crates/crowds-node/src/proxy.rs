@@ -61,6 +61,72 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
     resp
 }
 
+/// Serves plain HTTP that a client sent through a tunnel (SOCKS, or CONNECT to a
+/// plain-HTTP port) to `authority`: each request is treated exactly as if it had been
+/// sent to the proxy in absolute form, so hygiene and the timing defence apply.
+///
+/// The future is boxed with its type written out: it calls [`handle`], which reaches the
+/// tunnel code that calls it, and the compiler cannot see through that loop by itself.
+pub fn serve_in_tunnel<I>(
+    node: Arc<Node>,
+    stream: I,
+    authority: String,
+) -> futures_util::future::BoxFuture<'static, ()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(serve_in_tunnel_inner(node, stream, authority))
+}
+
+async fn serve_in_tunnel_inner<I>(node: Arc<Node>, stream: I, authority: String)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    node.stats
+        .plain_http_in_tunnels
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let node = node.clone();
+        let authority = authority.clone();
+        async move {
+            let resp = match in_tunnel_target(req.uri(), req.method(), &authority) {
+                Some(uri) => {
+                    let (mut parts, body) = req.into_parts();
+                    parts.uri = uri;
+                    handle(node, Request::from_parts(parts, body)).await
+                }
+                None => page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "This request cannot be sent through a tunnel.",
+                ),
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The absolute `http://` URI of a request received inside a tunnel to `authority`:
+/// the tunnel's destination, whatever the request's own target or Host says.
+fn in_tunnel_target(uri: &http::Uri, method: &Method, authority: &str) -> Option<http::Uri> {
+    if method == Method::CONNECT {
+        return None;
+    }
+    let pq = uri.path_and_query()?.as_str();
+    if !pq.starts_with('/') {
+        return None;
+    }
+    format!("http://{authority}{pq}").parse().ok()
+}
+
 async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     if let Err(e) = relay::request_target(req.method(), req.uri()) {
         let text = match e {
@@ -71,19 +137,17 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     }
     let is_connect = req.method() == Method::CONNECT;
     if req.method() == Method::GET && http_body::Body::is_end_stream(req.body()) {
-        // The timing defence: an object an exit already sent us with its page is
-        // answered here; the request never enters the crowd.
+        // The timing defence: an object an exit announced with its page is answered
+        // here, whether or not it arrived; the request never enters the crowd.
         if let Some(url) = prefetch::normalize(&req.uri().to_string()) {
-            if let Some(resp) = node.objects.take(&url).await {
-                node.stats
-                    .served_from_bundles
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return resp;
+            if let Some(local) = node.objects.take(&url).await {
+                return answer_locally(&node, local);
             }
         }
     }
     let (mut parts, incoming) = req.into_parts();
     headers::sanitize_request(&mut parts.headers, node.hygiene);
+    headers::trim_origin(&mut parts.headers, &parts.uri);
     let mut req = if is_connect {
         // The client's bytes follow the 200, on the upgraded connection.
         Request::from_parts(parts, body::empty())
@@ -94,10 +158,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         prefetch::mark_navigation(&mut req);
     }
     let objects = node.objects.clone();
-    let hygiene = node.hygiene;
-    let strip_active = node.strip_active_content;
-    let counter = node.clone();
-    let mut resp = prefetch::unbundle(node.initiate(req).await, objects);
+    let resp = prefetch::unbundle(node.clone().initiate(req).await, objects);
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         let title = match kind {
@@ -107,16 +168,54 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         };
         return page(status, title, kind.explain());
     }
-    headers::sanitize_response(resp.headers_mut(), hygiene);
-    if strip_active && !is_connect {
-        resp = crate::active::strip(resp);
-    }
     if is_connect && resp.status().is_success() {
         // Answer the client with a bare 200: it now talks to the server through the tunnel.
         let mut ok = Response::new(body::empty());
         *ok.status_mut() = resp.status();
         return ok;
     }
+    deliver(&node, resp)
+}
+
+/// An announced object, or the error that stands for it.
+fn answer_locally(node: &Arc<Node>, local: prefetch::Local) -> Response<Body> {
+    use std::sync::atomic::Ordering::Relaxed;
+    match local {
+        prefetch::Local::Object(resp) => {
+            node.stats.served_from_bundles.fetch_add(1, Relaxed);
+            deliver(node, resp)
+        }
+        prefetch::Local::Undelivered => {
+            node.stats.bundle_objects_undelivered.fetch_add(1, Relaxed);
+            page(
+                StatusCode::BAD_GATEWAY,
+                "Object not delivered",
+                "The crowd's exit announced this object with its page but did not deliver \
+                 it. It is not requested again through the crowd: that request would let \
+                 members on the path time your browser. Reload the page to try again.",
+            )
+        }
+        prefetch::Local::TimedOut => {
+            node.stats.bundle_objects_undelivered.fetch_add(1, Relaxed);
+            page(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Object not delivered in time",
+                "The crowd's exit announced this object with its page but it did not \
+                 arrive in time. It is not requested again through the crowd: that \
+                 request would let members on the path time your browser.",
+            )
+        }
+    }
+}
+
+/// The user's side of every response: response hygiene, active-content removal if
+/// asked for, and the byte count. Objects from page bundles go through here too.
+fn deliver(node: &Arc<Node>, mut resp: Response<Body>) -> Response<Body> {
+    headers::sanitize_response(resp.headers_mut(), node.hygiene);
+    if node.strip_active_content {
+        resp = crate::active::strip(resp);
+    }
+    let counter = node.clone();
     resp.map(|b| {
         b.map_frame(move |f| {
             if let Some(d) = f.data_ref() {

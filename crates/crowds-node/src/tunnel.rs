@@ -6,9 +6,13 @@
 //! either side closes, fails, or stays idle longer than the idle timeout. It never
 //! looks at the bytes: with TLS inside, jondos on the path see only ciphertext.
 //!
+//! The one exception is the initiator's splice ([`splice_sniffed`]): it reads the client's
+//! opening bytes, so plaintext HTTP sent through a tunnel is never passed on raw.
+//!
 //! A tunnel end is either hyper's pending upgrade of a request or response, or an
 //! in-memory pipe the exit hands back when the tunnel starts inside this jondo.
 
+use crowds_proto::sniff::{self, Opening};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
@@ -16,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::time::Instant;
 
 /// Copy buffer per direction.
@@ -106,6 +110,141 @@ where
         copy(a, stream, idle).await;
         drop(guard);
     });
+}
+
+/// What the initiator does with a tunnel whose client turned out to speak plain HTTP:
+/// serve it as proxied requests (hygiene, timing defence), never pass it through raw.
+pub type OnPlainHttp = Box<dyn FnOnce(Rewound<Box<dyn Io>>) + Send>;
+
+/// The initiator's splice: like [`splice`], but the client's opening bytes are read
+/// first ([`crowds_proto::sniff`]). A plaintext HTTP/1 request goes to `on_http` and
+/// the crowd's end is closed; cleartext HTTP/2, or HTTP after the server already spoke,
+/// closes the tunnel; anything else is spliced as usual. The server's bytes flow to the
+/// client meanwhile, so protocols where the server speaks first still work.
+pub fn splice_sniffed<G: Send + 'static>(
+    client: TunnelEnd,
+    crowd: TunnelEnd,
+    idle: Duration,
+    guard: G,
+    on_http: OnPlainHttp,
+) {
+    tokio::spawn(async move {
+        let (Some(mut client), Some(mut crowd)) = tokio::join!(client.into_io(), crowd.into_io())
+        else {
+            return;
+        };
+        let opened = tokio::time::timeout(idle, sniff(&mut client, &mut crowd)).await;
+        let Ok(Ok((opening, prefix))) = opened else {
+            return;
+        };
+        match opening {
+            Opening::Http1 => {
+                drop(crowd);
+                drop(guard);
+                on_http(Rewound::new(prefix, client));
+            }
+            Opening::Http2 => {
+                tracing::debug!("cleartext HTTP/2 in a tunnel: closed");
+            }
+            Opening::Other | Opening::NeedMore => {
+                if !prefix.is_empty() && crowd.write_all(&prefix).await.is_err() {
+                    return;
+                }
+                copy(client, crowd, idle).await;
+                drop(guard);
+            }
+        }
+    });
+}
+
+/// Reads the client's opening bytes until they are classified, passing the server's
+/// bytes on meanwhile. HTTP once the server has spoken is refused ([`Opening::Http2`]
+/// stands for "close"); an early end of either side is [`Opening::Other`].
+async fn sniff(
+    client: &mut Box<dyn Io>,
+    crowd: &mut Box<dyn Io>,
+) -> std::io::Result<(Opening, Vec<u8>)> {
+    let mut prefix = Vec::new();
+    let mut server_spoke = false;
+    let mut from_client = [0u8; sniff::SNIFF_BYTES];
+    let mut from_server = vec![0u8; TUNNEL_BUFFER];
+    loop {
+        tokio::select! {
+            n = client.read(&mut from_client) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok((Opening::Other, prefix));
+                }
+                prefix.extend_from_slice(&from_client[..n]);
+                match sniff::opening(&prefix) {
+                    Opening::NeedMore => {}
+                    Opening::Http1 if server_spoke => return Ok((Opening::Http2, prefix)),
+                    decided => return Ok((decided, prefix)),
+                }
+            }
+            n = crowd.read(&mut from_server) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok((Opening::Other, prefix));
+                }
+                client.write_all(&from_server[..n]).await?;
+                server_spoke = true;
+            }
+        }
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+pub struct Rewound<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Rewound<S> {
+    /// `inner`, with `prefix` put back in front of it.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Copies both ways until either side ends or nothing moves for `idle`.
@@ -199,7 +338,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
     async fn idle_tunnels_close_and_busy_ones_do_not() {

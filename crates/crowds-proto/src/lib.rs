@@ -15,6 +15,7 @@
 //! - [`path`]: path ids, the per-jondo routing table, the forward/submit coin.
 //! - [`relay`]: the form of a relayed request on a link, and the crowd's error kinds.
 //! - [`html`]: pages read as they stream: embedded objects, active-content removal.
+//! - [`css`]: the references a stylesheet makes (`url()`, `@import`), for the same scan.
 //! - [`headers`]: header hygiene for requests entering the crowd and responses leaving it.
 //! - [`api`]: the blender's API messages.
 //! - [`bundle`]: the page bundle of the timing defence (page plus embedded objects).
@@ -22,6 +23,7 @@
 //! - [`analysis`]: those figures beside Monte Carlo over the real path code (`crowds analyze`).
 //! - [`policy`]: which destination addresses an exit may submit to.
 //! - [`recent`]: counts of events in a sliding window (re-formations in the last day).
+//! - [`sniff`]: whether a tunnel's opening bytes are plaintext HTTP.
 //! - [`socks`]: SOCKS5 messages for the local SOCKS port.
 //! - [`throttle`]: the blender's limits on password guessing and join floods.
 
@@ -34,6 +36,7 @@ pub mod analysis;
 pub mod anonymity;
 pub mod api;
 pub mod bundle;
+pub mod css;
 pub mod delta;
 pub mod document;
 pub mod headers;
@@ -44,6 +47,7 @@ pub mod policy;
 pub mod recent;
 pub mod relay;
 pub mod roster;
+pub mod sniff;
 pub mod socks;
 pub mod throttle;
 pub mod view;

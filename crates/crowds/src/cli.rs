@@ -291,6 +291,11 @@ struct JondoArgs {
     #[arg(long, env = "CROWDS_SERVER_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     server_timeout: Option<Duration>,
+    /// Accept a crowd whose pf is at most 1/2, for experiments only: at such a pf no
+    /// crowd size gives probable innocence, so by default the jondo refuses the crowd.
+    #[arg(long, env = "CROWDS_INSECURE_ALLOW_LOW_PF")]
+    #[serde(default)]
+    insecure_allow_low_pf: bool,
     /// Worker threads: 1 runs the jondo on one thread, the cheapest per relayed request;
     /// more let a busy exit spread TLS over cores; 0 means one per core [default: 1].
     #[arg(long, env = "CROWDS_THREADS")]
@@ -593,7 +598,14 @@ fn merge(flags: JondoArgs) -> Result<(JondoConfig, usize)> {
         no_prefetch: flags.no_prefetch || file.no_prefetch,
         strip_active_content: flags.strip_active_content || file.strip_active_content,
         exit_ports: flags.exit_ports.or(file.exit_ports),
+        insecure_allow_low_pf: flags.insecure_allow_low_pf || file.insecure_allow_low_pf,
     };
+    if config.insecure_allow_low_pf {
+        tracing::warn!(
+            "--insecure-allow-low-pf: this jondo will use a crowd whose pf is at most 1/2, \
+             where no crowd size gives probable innocence; for experiments only"
+        );
+    }
     for (name, addr) in [
         ("proxy-listen", Some(config.proxy_listen)),
         ("socks-listen", config.socks_listen),
@@ -904,6 +916,14 @@ fn init(args: InitArgs) -> Result<()> {
     );
     line(
         &mut out,
+        "Accept a crowd whose pf is at most 1/2 (experiments only: no crowd size then gives\n\
+         # probable innocence, so by default the jondo refuses such a crowd).",
+        "insecure_allow_low_pf",
+        j.insecure_allow_low_pf.then(|| "true".into()),
+        "false",
+    );
+    line(
+        &mut out,
         "Worker threads: 1 is the cheapest per relayed request; more let a busy exit\n\
          # spread TLS over cores; 0 means one per core.",
         "threads",
@@ -955,6 +975,7 @@ keep_cookies = false
 no_prefetch = false
 strip_active_content = true
 allow_private_destinations = false
+insecure_allow_low_pf = false
 threads = 2
 "#;
 
@@ -976,7 +997,10 @@ threads = 2
         );
         assert_eq!(args.heartbeat_interval, Some(Duration::from_secs(5)));
         assert!(args.strip_active_content);
+        assert!(!args.insecure_allow_low_pf);
         assert_eq!(args.threads, Some(2));
+        let low = parse("insecure_allow_low_pf = true").expect("the insecure flag");
+        assert!(low.insecure_allow_low_pf);
         let one = parse("blender = \"a:1\"").expect("one blender");
         assert_eq!(one.blender, Some(vec!["a:1".to_string()]));
     }
