@@ -967,6 +967,9 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
 }
 
 async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(refused) = crate::control::refuse_foreign_host(req) {
+        return refused;
+    }
     if req.method() != Method::GET {
         return body::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }

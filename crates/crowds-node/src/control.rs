@@ -683,7 +683,25 @@ fn reformations_html(s: &serde_json::Value) -> String {
     html
 }
 
+/// The answer to a request whose `Host` is a name other than localhost, if it is one
+/// (see [`crowds_proto::policy::control_host_allowed`]): a web page that rebinds its
+/// own name to 127.0.0.1 must not read the member id, counters or PAC file.
+pub fn refuse_foreign_host<B>(req: &Request<B>) -> Option<Response<Body>> {
+    let host = req.headers().get(http::header::HOST).map(|h| h.as_bytes());
+    if crowds_proto::policy::control_host_allowed(host) {
+        return None;
+    }
+    Some(body::text(
+        StatusCode::FORBIDDEN,
+        "This port answers only requests addressed to its IP address or to localhost \
+         (protection against DNS rebinding).\n",
+    ))
+}
+
 fn handle(node: &Node, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(refused) = refuse_foreign_host(req) {
+        return refused;
+    }
     #[cfg(feature = "measure")]
     if req.method() == Method::POST && req.uri().path() == "/measure/reform" {
         node.reform_own_path();

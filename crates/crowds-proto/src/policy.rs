@@ -143,3 +143,89 @@ mod tests {
         }
     }
 }
+
+/// Whether a control port may answer a request carrying this `Host` header: absent, an
+/// IP literal (with or without port), or `localhost`. Any other name means a browser
+/// reached the port through a name that resolves to it, which is how DNS rebinding lets
+/// a web page read a local service: such requests are refused. An IP literal is safe:
+/// the browser connected to that very address, so the page's origin is the port itself.
+pub fn control_host_allowed(host: Option<&[u8]>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((v6, tail)) if tail.is_empty() || valid_port_suffix(tail) => {
+                return v6.parse::<Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if valid_port_suffix(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case("localhost.")
+        || name.parse::<Ipv4Addr>().is_ok()
+}
+
+fn valid_port_suffix(tail: &str) -> bool {
+    tail.strip_prefix(':')
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod control_host_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn only_addresses_and_localhost_reach_control_ports() {
+        for ok in [
+            None,
+            Some(&b"127.0.0.1:8119"[..]),
+            Some(b"127.0.0.1"),
+            Some(b"localhost:8119"),
+            Some(b"LOCALHOST"),
+            Some(b"[::1]:8119"),
+            Some(b"[::1]"),
+            Some(b"192.0.2.7:9000"),
+        ] {
+            assert!(control_host_allowed(ok), "{ok:?}");
+        }
+        for bad in [
+            &b"evil.example"[..],
+            b"evil.example:8119",
+            b"localhost.evil.example",
+            b"127.0.0.1.nip.io:8119",
+            b"[::1]x",
+            b"127.0.0.1:80:80",
+            b"127.0.0.1:",
+            b"\xff",
+            b"",
+        ] {
+            assert!(
+                !control_host_allowed(Some(bad)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn names_with_letters_other_than_localhost_are_refused(name in "[a-z][a-z0-9.-]{0,30}", port in proptest::option::of(0u16..)) {
+            prop_assume!(!name.eq_ignore_ascii_case("localhost") && !name.eq_ignore_ascii_case("localhost."));
+            let host = match port { Some(p) => format!("{name}:{p}"), None => name };
+            prop_assert!(!control_host_allowed(Some(host.as_bytes())));
+        }
+    }
+}

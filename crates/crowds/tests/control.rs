@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use crowds_proto::analysis::CrowdModel;
+use hyper::{header, Request, StatusCode};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -71,6 +72,16 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
         .find(|(s, _)| s == series)
         .unwrap_or_else(|| panic!("no sample {series}"))
         .1
+}
+
+/// The status of `GET path` at `addr` with the given `Host` header.
+async fn get_with_host(addr: SocketAddr, path: &str, host: &str) -> StatusCode {
+    let mut client = HttpClient::connect(addr).await.expect("connect");
+    let req = Request::get(path)
+        .header(header::HOST, host)
+        .body(empty_body())
+        .expect("request");
+    client.send(req).await.expect("response").status()
 }
 
 async fn get_text(addr: SocketAddr, path: &str) -> String {
@@ -178,6 +189,25 @@ async fn status_pages_and_metrics() {
     let (_, control, proxy) = jondos[0];
     let status = status_of(control).await.expect("status");
     let epoch = status["epoch"].as_u64().expect("epoch");
+
+    // DNS rebinding: a page whose own name now points at 127.0.0.1 reads nothing.
+    for (port, what) in [(control, "jondo"), (blender_control, "blender")] {
+        for path in ["/status.json", "/", "/metrics", "/proxy.pac"] {
+            for (host, allowed) in [
+                ("evil.example", false),
+                (&*format!("rebind.example:{}", port.port()), false),
+                (&*port.to_string(), true),
+                (&*format!("localhost:{}", port.port()), true),
+            ] {
+                let status = get_with_host(port, path, host).await;
+                assert_eq!(
+                    status == StatusCode::FORBIDDEN,
+                    !allowed,
+                    "{what} {path} with Host {host}: {status}"
+                );
+            }
+        }
+    }
 
     // Metrics parse, and counters move with traffic.
     let before = parse_prometheus(&get_text(control, "/metrics").await);
