@@ -9,8 +9,9 @@
 //!
 //! Epochs are cut only at scheduled times (multiples of the join interval since the unix
 //! epoch) and only when a change is waiting; a member that goes silent keeps its place
-//! for the grace period; and while the API turns heartbeats away (every connection slot
-//! taken, or the store failing) nobody's silence counts (see [`Store::tick_after`]).
+//! for the grace period; and while the API turns members' heartbeats away (every member
+//! connection slot taken, or the store failing) nobody's silence counts (see
+//! [`Store::tick_after`]).
 //!
 //! API (all JSON except the document):
 //! - `POST /v1/join` `{"account", "password", "peer_addr"}`: registers the TLS client key
@@ -19,36 +20,101 @@
 //!   to it must prove the key (else 403); an address it cannot connect to at all makes a
 //!   client-only member.
 //! - `POST /v1/heartbeat`, `POST /v1/leave`: identified by the TLS client key.
-//! - `GET /v1/crowd`: the signed document of the caller's crowd (the default crowd for
-//!   a key that has not joined); `GET /v1/crowd/NAME` names the crowd. `ETag` and
-//!   `If-None-Match` make an unchanged document a 304 without a body.
+//! - `GET /v1/crowd`: the signed document of the caller's crowd; `GET /v1/crowd/NAME`
+//!   names the crowd. `ETag` and `If-None-Match` make an unchanged document a 304
+//!   without a body, and a `crowds-have` header may get a delta instead of the whole.
+//!
+//! # Who may read the member list
+//!
+//! The document lists every member's address and key: a list of who uses an anonymity
+//! tool. Only a client whose TLS key is in that crowd's current document, or that the
+//! store lists as a member or pending member of that crowd (its key was registered by a
+//! join with the account's password), gets it, whole or as a delta, or even as a 304;
+//! anyone else gets 403. Members need the list to route, and a pending member needs it
+//! the moment its epoch admits it; nobody else does. A jondo always joins before it
+//! fetches, at start-up and again when its heartbeat is refused after it was dropped,
+//! so honest jondos never meet the 403. A member of one crowd cannot read another
+//! crowd's list. What stays public is only what a TLS handshake shows: that a blender
+//! listens here, with this key.
+//!
+//! # Hostile load
+//!
+//! Strangers (no account needed) must not be able to empty the crowd or exhaust the
+//! blender, so every number here is a setting ([`ApiLimits`]):
+//! - Password checks (argon2id, about 19 MiB each) run on a fixed pool of threads with a
+//!   short queue ([`crate::store::password`]); beyond it a join gets 503 with
+//!   `Retry-After` before any work is done. A login attempt is counted against its
+//!   account *before* its check runs, so parallel guesses for one account cannot all
+//!   pass the lockout; its source address is checked first and charged for failures
+//!   (counting it before would lock out members behind one NAT logging in together; a
+//!   wave from one address is bounded by the join rate limit). Account names are
+//!   validated before they become throttle keys; the throttle table is bounded.
+//! - Connections are sorted as they are accepted. Those from a member's address (one in
+//!   a current document, or one a member or pending member's key was recently proven
+//!   from) take slots of the members' budget; any other connection is a stranger's:
+//!   at most that many are in their TLS handshake (a new one cuts off the one waiting
+//!   longest) and at most that many past it. After the handshake the key decides: a
+//!   member's key moves the connection to the members' budget, a stranger's key to the
+//!   strangers'. Connections not yet proven a member's are capped per source address
+//!   (IPv6: per /64). Handshake, request head, request body and the whole connection
+//!   each have a timeout, and a connection carries one request.
+//! - [`net::Saturation`] records only the members' budget running out. Strangers are
+//!   refused at their own budget, which is not saturation, so a flood of strangers
+//!   neither pauses members' silence clocks nor keeps members from heartbeating. Either
+//!   alternative would hand an attacker something: if strangers' floods counted as
+//!   saturation, a flood without end would freeze every silence clock, so dead members
+//!   would never be dropped and paths through them would keep failing; if strangers
+//!   could take members' slots, the flood would silence members until they were
+//!   dropped, and every drop re-forms paths. The members' budget can only be exhausted
+//!   from members' own addresses (each capped), and then pausing the clocks is right.
 
 use crate::body::{self, Body};
 use crate::error::NodeError;
 use crate::files::{self, BLENDER_PUB_FILE};
 use crate::net::{self, now_ms};
 use crate::safelog::Sensitive;
+use crate::store::password::PasswordChecks;
 use crate::store::{Store, Tick, DEFAULT_CROWD};
 use crate::tls;
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::document::{Member, FLAG_CLIENT_ONLY};
 use crowds_proto::identity::{PublicKey, SecretKey};
 use crowds_proto::roster::{JoinOutcome, RosterConfig};
+use crowds_proto::throttle::BoundedMap;
 use crowds_proto::throttle::{LoginThrottle, RateLimit};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// Most concurrent API connections.
+/// Most concurrent API connections of members (the default of
+/// [`ApiLimits::max_member_connections`]).
 pub const MAX_API_CONNECTIONS: usize = 512;
+/// Default of [`ApiLimits::max_stranger_connections`].
+pub const MAX_STRANGER_CONNECTIONS: usize = 128;
+/// Default of [`ApiLimits::max_connections_per_address`].
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+/// Default of [`ApiLimits::password_check_queue`]. A queued check holds no argon2
+/// memory, only its request; at about 50 ms a check, a full queue waits about 1.6 s on
+/// two cores, far within a jondo's 15 s call timeout, and a burst of honest joins (a
+/// crowd forming, 64 at once) fits without a refusal.
+pub const PASSWORD_CHECK_QUEUE: usize = 64;
+/// What a join refused for a full password-check queue is told to wait.
+const BUSY_RETRY_AFTER_MS: u64 = 1_000;
+/// How long an address or key stays known as a member's after it was last proven.
+const KNOWN_FOR_MS: u64 = 60 * 60 * 1000;
+/// Most member addresses and keys remembered beyond the current documents' (the least
+/// recently seen forgotten first; a forgotten member is a stranger until its next call).
+const MAX_KNOWN: usize = 65_536;
 /// Largest JSON request body.
 pub const MAX_API_BODY: usize = crowds_proto::api::MAX_API_BODY;
 /// Join requests accepted per source address per minute, by default.
@@ -91,6 +157,55 @@ pub struct BlenderConfig {
     pub control_listen: Option<SocketAddr>,
     /// Join requests accepted per source address per minute.
     pub max_joins_per_minute: u32,
+    /// What the API gives each client at most (connections, time, password checks).
+    pub limits: ApiLimits,
+}
+
+/// The API's limits against hostile load (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Connections of members at once (from members' addresses, or proving a member's
+    /// key). When they are all taken the blender stops accepting for a moment, and that
+    /// time is nobody's silence.
+    pub max_member_connections: usize,
+    /// Connections of strangers at once: this many in their TLS handshake (a new one
+    /// cuts off the one waiting longest) and this many past it (joins, mostly).
+    pub max_stranger_connections: usize,
+    /// Connections not yet proven a member's from one source address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Time from accepting a connection to the end of its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for the request head, and again for a request body.
+    pub read_timeout: Duration,
+    /// Time for a whole connection, answer included.
+    pub connection_timeout: Duration,
+    /// Password checks run at once (each holds about 19 MiB for tens of milliseconds).
+    pub password_checks: usize,
+    /// Password checks waiting for a free worker; joins beyond get 503.
+    pub password_check_queue: usize,
+    /// Keys (account names and source addresses) the login throttle remembers.
+    pub max_throttled_keys: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_member_connections: MAX_API_CONNECTIONS,
+            max_stranger_connections: MAX_STRANGER_CONNECTIONS,
+            max_connections_per_address: MAX_CONNECTIONS_PER_ADDRESS,
+            handshake_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(60),
+            password_checks: default_password_checks(),
+            password_check_queue: PASSWORD_CHECK_QUEUE,
+            max_throttled_keys: crowds_proto::throttle::DEFAULT_MAX_TRACKED,
+        }
+    }
+}
+
+/// One password check per core: checks are pure CPU work.
+pub fn default_password_checks() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl BlenderConfig {
@@ -113,6 +228,7 @@ impl BlenderConfig {
             connect_back_timeout: Duration::from_secs(3),
             control_listen: None,
             max_joins_per_minute: DEFAULT_MAX_JOINS_PER_MINUTE,
+            limits: ApiLimits::default(),
         }
     }
 }
@@ -125,6 +241,8 @@ struct Published {
     epoch: u64,
     issued_at: u64,
     document: Arc<CrowdDocument>,
+    /// The members' keys, to tell quickly who may read the document.
+    keys: HashSet<PublicKey>,
 }
 
 /// Earlier documents kept to answer with deltas.
@@ -141,6 +259,79 @@ struct Crowd {
     history: Mutex<std::collections::VecDeque<Arc<CrowdDocument>>>,
     /// Deltas to the current document, by the base's (epoch, issue time).
     deltas: Mutex<DeltaCache>,
+}
+
+impl Crowd {
+    /// Whether `key` is in this crowd's current document.
+    fn lists(&self, key: &PublicKey) -> bool {
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|p| p.keys.contains(key))
+    }
+}
+
+/// Who counts as a member when a connection arrives (by its address) and once its
+/// handshake is done (by its key): everyone in the current documents, and any key
+/// (with the address it called from) that a heartbeat, join or document fetch recently
+/// proved to be a member's or a pending member's. Only connections are sorted by this;
+/// what a client may do is always decided by the documents and the store.
+struct Known {
+    doc_keys: HashSet<PublicKey>,
+    doc_sources: HashSet<IpAddr>,
+    /// Unix ms each was last proven.
+    keys: BoundedMap<PublicKey, u64>,
+    sources: BoundedMap<IpAddr, u64>,
+}
+
+impl Known {
+    fn new() -> Self {
+        Self {
+            doc_keys: HashSet::new(),
+            doc_sources: HashSet::new(),
+            keys: BoundedMap::new(MAX_KNOWN),
+            sources: BoundedMap::new(MAX_KNOWN),
+        }
+    }
+
+    fn key(&self, key: &PublicKey, now: u64) -> bool {
+        self.doc_keys.contains(key)
+            || self
+                .keys
+                .get(key)
+                .is_some_and(|at| now.saturating_sub(*at) < KNOWN_FOR_MS)
+    }
+
+    fn source(&self, ip: IpAddr, now: u64) -> bool {
+        let source = net::source_of(ip);
+        self.doc_sources.contains(&source)
+            || self
+                .sources
+                .get(&source)
+                .is_some_and(|at| now.saturating_sub(*at) < KNOWN_FOR_MS)
+    }
+}
+
+/// The API's connection budgets besides the members' (see the module documentation).
+struct Gate {
+    members: Arc<Semaphore>,
+    strangers: Arc<Semaphore>,
+    handshakes: Arc<net::Handshakes>,
+    per_address: Arc<net::PerAddress>,
+    refused_per_address: AtomicU64,
+    refused_strangers: AtomicU64,
+    handshakes_timed_out: AtomicU64,
+    connections_timed_out: AtomicU64,
+    bodies_timed_out: AtomicU64,
+}
+
+/// What a connection holds of the budgets; all given back when it ends.
+struct Admission {
+    member: Option<OwnedSemaphorePermit>,
+    stranger: Option<OwnedSemaphorePermit>,
+    handshake: Option<net::HandshakeTicket>,
+    address: Option<net::AddressSlot>,
 }
 
 /// The blender's counters (never account names or member traffic).
@@ -167,6 +358,11 @@ enum ThrottleKey {
 struct State {
     logins: Mutex<LoginThrottle<ThrottleKey>>,
     join_rate: Mutex<RateLimit<IpAddr>>,
+    /// Where password checks run (a fixed pool; see [`crate::store::password`]).
+    checks: PasswordChecks,
+    limits: ApiLimits,
+    known: RwLock<Known>,
+    gate: Gate,
     stats: Stats,
     started_at: u64,
     key: SecretKey,
@@ -185,6 +381,49 @@ struct State {
 impl State {
     fn crowd(&self, name: &str) -> Option<&Crowd> {
         self.crowds.get(name)
+    }
+
+    /// Notes that `key` just proved to be a member's (or a pending member's), calling
+    /// from `source`.
+    fn note_member(&self, key: PublicKey, source: IpAddr) {
+        let now = now_ms();
+        let source = net::source_of(source);
+        {
+            // Most calls are members' polls and heartbeats, seen a moment ago.
+            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+            let fresh = |at: Option<&u64>| at.is_some_and(|at| now.saturating_sub(*at) < 60_000);
+            if fresh(known.keys.get(&key)) && fresh(known.sources.get(&source)) {
+                return;
+            }
+        }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        *known.keys.touch_or_insert_with(key, || now) = now;
+        *known.sources.touch_or_insert_with(source, || now) = now;
+    }
+
+    /// Rebuilds the members' keys and addresses from every crowd's current document.
+    fn refresh_known(&self) {
+        let mut keys = HashSet::new();
+        let mut sources = HashSet::new();
+        for crowd in self.crowds.values() {
+            if let Some(p) = crowd
+                .published
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                keys.extend(p.keys.iter().copied());
+                sources.extend(
+                    p.document
+                        .members
+                        .iter()
+                        .map(|m| net::source_of(m.addr.ip())),
+                );
+            }
+        }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        known.doc_keys = keys;
+        known.doc_sources = sources;
     }
 
     /// Runs a store call off the async threads.
@@ -310,12 +549,30 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| NodeError::io("listener address", e))?;
+    let limits = config.limits.clone();
+    let checks = PasswordChecks::new(limits.password_checks, limits.password_check_queue)
+        .map_err(|e| NodeError::io("starting the password-check threads", e))?;
     let state = Arc::new(State {
-        logins: Mutex::new(LoginThrottle::new()),
-        join_rate: Mutex::new(RateLimit::new(
+        logins: Mutex::new(LoginThrottle::with_limit(limits.max_throttled_keys)),
+        join_rate: Mutex::new(RateLimit::with_limit(
             config.max_joins_per_minute,
             config.max_joins_per_minute.clamp(1, 20),
+            limits.max_throttled_keys,
         )),
+        checks,
+        known: RwLock::new(Known::new()),
+        gate: Gate {
+            members: Arc::new(Semaphore::new(limits.max_member_connections.max(1))),
+            strangers: Arc::new(Semaphore::new(limits.max_stranger_connections.max(1))),
+            handshakes: net::Handshakes::new(limits.max_stranger_connections),
+            per_address: net::PerAddress::new(limits.max_connections_per_address.max(1)),
+            refused_per_address: AtomicU64::new(0),
+            refused_strangers: AtomicU64::new(0),
+            handshakes_timed_out: AtomicU64::new(0),
+            connections_timed_out: AtomicU64::new(0),
+            bodies_timed_out: AtomicU64::new(0),
+        },
+        limits,
         stats: Stats::default(),
         started_at: now,
         key,
@@ -332,39 +589,31 @@ pub async fn start(
     let server_tls = tls::server_config(&state.key, Arc::new(|_: &PublicKey| true))?;
     let acceptor = TlsAcceptor::from(Arc::new(server_tls));
     let public_key = state.key.public();
-    let api_state = state.clone();
-    // The loop notes when every slot is taken: members' heartbeats then wait or fail,
-    // and the epoch clock must not take that for their silence.
-    let api = net::spawn_watched_accept_loop(
+    let (sort_state, admit_state) = (state.clone(), state.clone());
+    // Members' addresses take the members' budget; the loop notes when it is all taken
+    // (members' heartbeats then wait or fail, and the epoch clock must not take that
+    // for their silence). Everyone else is admitted or refused at once by `admit`.
+    let api = net::spawn_sorting_accept_loop(
         listener,
-        MAX_API_CONNECTIONS,
+        state.gate.members.clone(),
         Some(state.saturation.clone()),
         shutdown.clone(),
-        move |stream, peer: SocketAddr| {
-            let state = api_state.clone();
-            let acceptor = acceptor.clone();
-            async move {
-                let Ok(Ok(tls)) =
-                    tokio::time::timeout(net::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                else {
-                    return;
-                };
-                let Some(client) = tls::peer_key(tls.get_ref().1) else {
-                    return;
-                };
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(api(state, client, peer.ip(), req).await)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            }
+        move |peer: SocketAddr| {
+            sort_state
+                .known
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .source(peer.ip(), now_ms())
+        },
+        move |stream, peer: SocketAddr, member| {
+            let admission = admit(&admit_state, peer, member)?;
+            Some(serve_api(
+                admit_state.clone(),
+                acceptor.clone(),
+                stream,
+                peer,
+                admission,
+            ))
         },
     );
     let mut tasks = vec![api];
@@ -395,6 +644,112 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Takes a newly accepted connection's first places, or refuses it (`None`: it is
+/// closed at once). `member` is its permit of the members' budget if it comes from a
+/// member's address; every other connection enters the strangers' handshakes, where a
+/// newer one cuts off the one waiting longest. Either way it counts against its source
+/// address until its key proves a member's.
+fn admit(
+    state: &State,
+    peer: SocketAddr,
+    member: Option<OwnedSemaphorePermit>,
+) -> Option<Admission> {
+    let gate = &state.gate;
+    let Some(address) = gate.per_address.try_take(net::source_of(peer.ip())) else {
+        gate.refused_per_address.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let handshake = member.is_none().then(|| gate.handshakes.enter());
+    Some(Admission {
+        member,
+        stranger: None,
+        handshake,
+        address: Some(address),
+    })
+}
+
+/// Serves one API connection: the TLS handshake, then one request, each within its
+/// time, moving the connection to the members' or the strangers' budget by its key.
+async fn serve_api(
+    state: Arc<State>,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut admission: Admission,
+) {
+    let started = std::time::Instant::now();
+    let limits = state.limits.clone();
+    let cut_off = admission.handshake.as_ref().map(|t| t.evicted.clone());
+    let cut_off = async move {
+        match cut_off {
+            Some(token) => token.cancelled_owned().await,
+            None => std::future::pending().await,
+        }
+    };
+    let tls = tokio::select! {
+        done = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                state.gate.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+        // A newer stranger needed the place: this one waited longest.
+        () = cut_off => return,
+    };
+    admission.handshake = None;
+    let Some(client) = tls::peer_key(tls.get_ref().1) else {
+        return;
+    };
+    let is_member = state
+        .known
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .key(&client, now_ms());
+    if is_member {
+        // Proven a member's: it no longer counts against its address (members behind
+        // one NAT are not capped together).
+        admission.address = None;
+        if admission.member.is_none() {
+            admission.member = state.gate.members.clone().try_acquire_owned().ok();
+        }
+    } else {
+        // From a member's address, but not a member's key: a stranger after all.
+        admission.member = None;
+    }
+    if admission.member.is_none() {
+        match state.gate.strangers.clone().try_acquire_owned() {
+            Ok(permit) => admission.stranger = Some(permit),
+            Err(_) => {
+                state.gate.refused_strangers.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    let service_state = state.clone();
+    let service = service_fn(move |req| {
+        let state = service_state.clone();
+        async move { Ok::<_, std::convert::Infallible>(api(state, client, peer.ip(), req).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        // One request per connection, as jondos make them: no idle connection waits
+        // for a second one.
+        .keep_alive(false)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(tls), service);
+    let left = limits.connection_timeout.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, connection).await.is_err() {
+        state
+            .gate
+            .connections_timed_out
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    drop(admission);
+}
+
 async fn tick(
     state: Arc<State>,
     store: Arc<Mutex<Store>>,
@@ -415,6 +770,7 @@ async fn tick(
 /// One turn for every crowd: cut or refresh an epoch if due (unless another blender is
 /// doing it), then pick up the latest stored document, whoever signed it.
 async fn advance(state: &Arc<State>, store: &Arc<Mutex<Store>>) {
+    let mut published = false;
     for (name, crowd) in &state.crowds {
         let config = crowd.config.clone();
         let known = crowd
@@ -462,9 +818,11 @@ async fn advance(state: &Arc<State>, store: &Arc<Mutex<Store>>) {
                         etag: format!("\"{}-{}\"", latest.epoch, latest.issued_at),
                         epoch: latest.epoch,
                         issued_at: latest.issued_at,
+                        keys: document.members.iter().map(|m| m.key).collect(),
                         document: Arc::new(document),
                     });
                 lock(&crowd.deltas).clear();
+                published = true;
                 if let Some(old) = old {
                     let mut history = lock(&crowd.history);
                     history.push_back(old.document);
@@ -482,6 +840,9 @@ async fn advance(state: &Arc<State>, store: &Arc<Mutex<Store>>) {
             ),
         }
     }
+    if published {
+        state.refresh_known();
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
@@ -496,18 +857,16 @@ async fn api(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/v1/crowd") if state.crowds.len() == 1 => {
-            // One crowd served: no need to ask the store whose key this is.
-            crowd(&state, DEFAULT_CROWD, &req)
-        }
-        (Method::GET, "/v1/crowd") => {
-            let mine = state.with_store(move |s| s.crowd_of(&client)).await;
-            match mine {
-                Ok(name) => crowd(&state, name.as_deref().unwrap_or(DEFAULT_CROWD), &req),
-                Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
+        (Method::GET, "/v1/crowd") => match readable_crowd(&state, client, source, None).await {
+            Ok(name) => crowd(&state, &name, &req),
+            Err(refused) => refused,
+        },
+        (Method::GET, p) if p.starts_with("/v1/crowd/") => {
+            match readable_crowd(&state, client, source, Some(&p[10..])).await {
+                Ok(name) => crowd(&state, &name, &req),
+                Err(refused) => refused,
             }
         }
-        (Method::GET, p) if p.starts_with("/v1/crowd/") => crowd(&state, &p[10..], &req),
         (Method::POST, "/v1/join") => join(state, client, source, req).await,
         (Method::POST, "/v1/heartbeat") => {
             match state
@@ -516,6 +875,7 @@ async fn api(
             {
                 Ok(true) => {
                     state.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    state.note_member(client, source);
                     let mut resp = body::text(StatusCode::NO_CONTENT, "");
                     // The heartbeat hint is the same for every crowd (one timeout).
                     if let Some(c) = state.crowds.values().next() {
@@ -533,6 +893,42 @@ async fn api(
         },
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
+}
+
+/// Why a client that is neither a member nor a pending member gets no document.
+const NOT_A_READER: &str =
+    "only members and pending members of a crowd may read its document: join first";
+
+/// The crowd whose document `client` may read (`wanted`, or else its own): one whose
+/// current document lists its key, or whose member or pending member the store says it
+/// is. Anyone else gets 403 (see "Who may read the member list" above).
+async fn readable_crowd(
+    state: &Arc<State>,
+    client: PublicKey,
+    source: IpAddr,
+    wanted: Option<&str>,
+) -> Result<String, Response<Body>> {
+    // The current documents first: no store call for members' polls.
+    let listed = state
+        .crowds
+        .iter()
+        .find(|(name, c)| wanted.is_none_or(|w| w == name.as_str()) && c.lists(&client))
+        .map(|(name, _)| name.clone());
+    let name = match listed {
+        Some(name) => name,
+        None => match state.with_store(move |s| s.crowd_of(&client)).await {
+            Ok(Some(name)) if wanted.is_none_or(|w| w == name) => name,
+            Ok(_) => return Err(error(StatusCode::FORBIDDEN, NOT_A_READER)),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable",
+                ))
+            }
+        },
+    };
+    state.note_member(client, source);
+    Ok(name)
 }
 
 /// Adds the blender's suggested heartbeat interval for `config` to `resp`, and the poll
@@ -642,58 +1038,104 @@ async fn join(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let now = now_ms();
+    let source = net::source_of(source);
     if let Err(wait) = lock(&state.join_rate).take(source, now) {
         return too_many("too many join requests from this address; slow down", wait);
     }
-    let Ok(bytes) = body::read_limited(req.into_body(), MAX_API_BODY).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    let body = tokio::time::timeout(
+        state.limits.read_timeout,
+        body::read_limited(req.into_body(), MAX_API_BODY),
+    )
+    .await;
+    let bytes = match body {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        Err(_) => {
+            state.gate.bodies_timed_out.fetch_add(1, Ordering::Relaxed);
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            );
+        }
     };
+    // The account name is checked here, before it is used as a throttle key. A name
+    // or password no account can have is a refused login (401, so that a jondo stops
+    // and says so), at once: no check, nothing counted.
     let join = match crowds_proto::api::parse_join(&bytes) {
         Ok(join) => join,
+        Err(
+            e
+            @ (crowds_proto::api::ApiError::BadAccount | crowds_proto::api::ApiError::BadPassword),
+        ) => {
+            state.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::UNAUTHORIZED, &format!("login refused: {e}"));
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    // Password guessing is slowed per account and per source address.
-    {
-        let throttle = lock(&state.logins);
-        let waits = [
-            throttle.check(&ThrottleKey::Account(join.account.clone()), now),
-            throttle.check(&ThrottleKey::Source(source), now),
-        ];
-        if let Some(wait) = waits.into_iter().filter_map(Result::err).max() {
-            return too_many("too many failed logins; wait before trying again", wait);
-        }
-    }
-    let account = join.account.clone();
-    let record = state.with_store(move |s| s.login_record(&account)).await;
     let password = zeroize::Zeroizing::new(join.password);
-    // The slow hash check runs outside the store's lock.
-    let verified = match record {
+    let account = join.account.clone();
+    let record = match state.with_store(move |s| s.login_record(&account)).await {
+        Ok(record) => record,
         Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"),
-        Ok(record) => {
-            tokio::task::spawn_blocking(move || match record {
-                Some(r) => r.verify(&password).map(|ok| ok.then_some((r.id, r.crowd))),
-                None => {
-                    crate::store::waste_password_check(&password);
-                    Ok(None)
-                }
-            })
-            .await
-        }
     };
+    // A place among the password checks next: beyond the pool and its queue a join is
+    // refused at once, before anything is counted against the account.
+    let Some(ticket) = state.checks.try_admit() else {
+        let mut resp = body::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "error": "too many logins are being checked; try again shortly",
+                "retry_after_ms": BUSY_RETRY_AFTER_MS,
+            }),
+        );
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(BUSY_RETRY_AFTER_MS.div_ceil(1000)),
+        );
+        return resp;
+    };
+    // Password guessing is slowed per account and per source address. The attempt is
+    // counted against the account before it is checked (a success clears it), so that
+    // parallel guesses for one account cannot all pass a lockout none of them has
+    // triggered yet: exactly the free ones run. The source address is checked now and
+    // charged only for a failure, so that members behind one address (a NAT) can log in
+    // at the same moment; what one address sends at once is bounded by the join rate
+    // limit's burst.
+    let account_key = ThrottleKey::Account(join.account.clone());
+    let source_key = ThrottleKey::Source(source);
+    let begun = {
+        let mut throttle = lock(&state.logins);
+        throttle
+            .check(&source_key, now)
+            .and_then(|()| throttle.begin(std::slice::from_ref(&account_key), now))
+    };
+    if let Err(wait) = begun {
+        return too_many("too many failed logins; wait before trying again", wait);
+    }
+    // The slow hash check runs on the pool, outside the store's lock.
+    let verified = state
+        .checks
+        .run(ticket, move || match record {
+            Some(r) => r.verify(&password).map(|ok| ok.then_some((r.id, r.crowd))),
+            None => {
+                crate::store::waste_password_check(&password);
+                Ok(None)
+            }
+        })
+        .await;
     let (id, crowd_name) = match verified {
-        Ok(Ok(Some(found))) => {
+        Some(Ok(Some(found))) => {
             let mut throttle = lock(&state.logins);
-            throttle.record_success(&ThrottleKey::Account(join.account.clone()));
-            throttle.record_success(&ThrottleKey::Source(source));
+            throttle.record_success(&account_key);
+            throttle.record_success(&source_key);
             found
         }
-        Ok(Ok(None)) => {
+        Some(Ok(None)) => {
             state.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
             let delay = {
                 let mut throttle = lock(&state.logins);
-                let a = throttle.record_failure(ThrottleKey::Account(join.account.clone()), now);
-                let b = throttle.record_failure(ThrottleKey::Source(source), now);
-                a.max(b)
+                let source_delay = throttle.record_failure(source_key, now_ms());
+                source_delay.max(throttle.check(&account_key, now).err().unwrap_or(0))
             };
             // Neither the password nor the account name is logged.
             tracing::warn!(
@@ -816,6 +1258,7 @@ async fn join(
             return resp;
         }
     };
+    state.note_member(client, source);
     tracing::info!(member = id, status, client_only = !reachable, "join");
     body::json(
         StatusCode::OK,
@@ -935,6 +1378,7 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
     let accounts = counts.first().map_or(0, |(c, _)| c.accounts);
     let first = state.crowds.values().next().map(|c| &c.config);
     let s = &state.stats;
+    let g = &state.gate;
     serde_json::json!({
         "epoch": default["epoch"],
         "members": default["members"],
@@ -962,6 +1406,22 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
             "address_claims_refused": s.address_claims_refused.load(Ordering::Relaxed),
             "logins_refused": s.logins_refused.load(Ordering::Relaxed),
             "heartbeats": s.heartbeats.load(Ordering::Relaxed),
+            "password_checks": state.checks.ran(),
+            "password_checks_refused_busy": state.checks.refused(),
+            "connections_refused_per_address": g.refused_per_address.load(Ordering::Relaxed),
+            "connections_refused_strangers": g.refused_strangers.load(Ordering::Relaxed),
+            "handshakes_cut_off": g.handshakes.evicted(),
+            "handshakes_timed_out": g.handshakes_timed_out.load(Ordering::Relaxed),
+            "connections_timed_out": g.connections_timed_out.load(Ordering::Relaxed),
+            "bodies_timed_out": g.bodies_timed_out.load(Ordering::Relaxed),
+        },
+        "load": {
+            "password_checks_in_flight": state.checks.in_flight(),
+            "password_check_workers": state.checks.workers(),
+            "member_connections": state.limits.max_member_connections.saturating_sub(g.members.available_permits()),
+            "stranger_connections": state.limits.max_stranger_connections.saturating_sub(g.strangers.available_permits()),
+            "stranger_handshakes": g.handshakes.pending(),
+            "throttled_keys": lock(&state.logins).len(),
         },
     })
 }
@@ -1010,6 +1470,45 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                 "crowds_blender_heartbeats_total",
                 "Heartbeats received.",
                 n(&c["heartbeats"]),
+            );
+            m.counter(
+                "crowds_blender_password_checks_total",
+                "Password checks run.",
+                n(&c["password_checks"]),
+            );
+            m.counter(
+                "crowds_blender_password_checks_refused_total",
+                "Joins refused with 503 because every password-check worker and queue place was taken.",
+                n(&c["password_checks_refused_busy"]),
+            );
+            m.counters_by(
+                "crowds_blender_connections_refused_total",
+                "API connections closed by a limit, by limit.",
+                "limit",
+                &[
+                    ("per_address", n(&c["connections_refused_per_address"])),
+                    ("strangers", n(&c["connections_refused_strangers"])),
+                    ("handshake_cut_off", n(&c["handshakes_cut_off"])),
+                    ("handshake_timeout", n(&c["handshakes_timed_out"])),
+                    ("connection_timeout", n(&c["connections_timed_out"])),
+                    ("body_timeout", n(&c["bodies_timed_out"])),
+                ],
+            );
+            let l = &st["load"];
+            m.gauge(
+                "crowds_blender_password_checks_in_flight",
+                "Password checks running or queued.",
+                n(&l["password_checks_in_flight"]) as f64,
+            );
+            m.gauge(
+                "crowds_blender_member_connections",
+                "API connections counted as members'.",
+                n(&l["member_connections"]) as f64,
+            );
+            m.gauge(
+                "crowds_blender_stranger_connections",
+                "API connections of strangers past their handshake.",
+                n(&l["stranger_connections"]) as f64,
             );
             m.gauge(
                 "crowds_blender_epoch",

@@ -168,6 +168,9 @@ pub fn status(node: &Node) -> serde_json::Value {
             "served_from_bundles": s.served_from_bundles.load(Ordering::Relaxed),
             "bundle_objects_undelivered": s.bundle_objects_undelivered.load(Ordering::Relaxed),
             "plain_http_in_tunnels": s.plain_http_in_tunnels.load(Ordering::Relaxed),
+            "document_fetches": s.document_fetches.load(Ordering::Relaxed),
+            "peer_refused_per_address": s.peer_refused_per_address.load(Ordering::Relaxed),
+            "peer_handshakes_evicted": s.peer_handshakes_evicted.load(Ordering::Relaxed),
         },
         "errors": errors,
         "documents": {
@@ -530,7 +533,10 @@ fn page(node: &Node) -> String {
          <h2>Health</h2><table><tr><td>blender</td><td class=\"{bcls}\">{bstate}</td></tr><tr><td>open links</td><td>{links}</td></tr>\
          <tr><td>peer handshakes ok / refused</td><td>{hok} / {hbad}</td></tr><tr><td>in progress</td><td>{inflight}</td></tr></table>\
          <p><small>This page never shows where you browsed. Machine-readable: <a href=\"/status.json\">status.json</a>, \
-         <a href=\"/metrics\">metrics</a>. Browser set-up: use the proxy auto-config <a href=\"/proxy.pac\">/proxy.pac</a>.</small></p>\
+         <a href=\"/metrics\">metrics</a>.</small></p>\
+         <p id=\"browse\">To browse, run <code>crowds browser</code>: a browser set up for the crowd, without the leaks \
+         (WebRTC, DNS prefetch, background requests) a browser merely pointed at this jondo has. \
+         <small>Your own browser: the proxy auto-config <a href=\"/proxy.pac\">/proxy.pac</a>, with those leaks (see the README).</small></p>\
          </body></html>",
         up = human(s["uptime_s"].as_u64().unwrap_or(0)),
         init = r["initiated"],

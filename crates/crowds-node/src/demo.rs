@@ -150,6 +150,8 @@ pub async fn start_with_progress(
             strip_active_content: false,
             exit_ports: None,
             insecure_allow_low_pf: false,
+            peer_connections_per_address: jondo::PEER_CONNECTIONS_PER_ADDRESS,
+            peer_handshakes: jondo::PEER_HANDSHAKES,
         };
         jondos.push(jondo::start(jc, shutdown.clone()).await?);
         progress(Step::Jondos(i + 1, config.jondos));

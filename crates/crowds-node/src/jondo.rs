@@ -50,6 +50,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Most concurrent peer connections.
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
+/// Default most connections to the peer port from one address
+/// ([`JondoConfig::peer_connections_per_address`]). Members keep one link each way;
+/// several members behind one NAT share an address, hence the room.
+pub const PEER_CONNECTIONS_PER_ADDRESS: usize = 32;
+/// Default most peer connections still in their TLS handshake
+/// ([`JondoConfig::peer_handshakes`]).
+pub const PEER_HANDSHAKES: usize = 128;
 /// How often a bodiless request is retried after its path broke before any byte of
 /// the answer reached the user.
 pub const MAX_RETRIES: usize = 2;
@@ -107,6 +114,11 @@ pub struct JondoConfig {
     /// Accept a crowd document whose pf is at most 1/2 (experiments only). Without it
     /// such a document is refused: at pf <= 1/2 no crowd size gives probable innocence.
     pub insecure_allow_low_pf: bool,
+    /// Most connections to the peer port from one address.
+    pub peer_connections_per_address: usize,
+    /// Most peer connections in their TLS handshake at once; a new one cuts off the
+    /// oldest (see [`net::Handshakes`]).
+    pub peer_handshakes: usize,
 }
 
 impl JondoConfig {
@@ -144,6 +156,8 @@ impl JondoConfig {
             strip_active_content: false,
             exit_ports: None,
             insecure_allow_low_pf: false,
+            peer_connections_per_address: PEER_CONNECTIONS_PER_ADDRESS,
+            peer_handshakes: PEER_HANDSHAKES,
         }
     }
 }
@@ -208,6 +222,12 @@ pub struct Stats {
     pub handshakes_ok: AtomicU64,
     /// Peer TLS handshakes refused or failed (non-members, garbage).
     pub handshakes_refused: AtomicU64,
+    /// Peer connections closed at once: their address had all its connections.
+    pub peer_refused_per_address: AtomicU64,
+    /// Peer connections cut off in their handshake to make room for a newer one.
+    pub peer_handshakes_evicted: AtomicU64,
+    /// Crowd document fetches, on schedule or early (an unknown key, a new epoch).
+    pub document_fetches: AtomicU64,
     /// Response body bytes delivered to this jondo's user (plain HTTP).
     pub bytes_to_user: AtomicU64,
     /// Response body bytes received from servers as the exit (plain HTTP).
@@ -263,6 +283,9 @@ pub struct Node {
     /// Members whose link failed at this jondo, with the time (unix ms) until which
     /// they are not chosen as successors (see [`FAILED_MEMBER_PAUSE`]).
     failed: Mutex<HashMap<MemberId, u64>>,
+    /// Early document fetches asked for by handshakes with unknown keys: at most one per
+    /// poll interval, so strangers cannot make this jondo hammer the blender.
+    unknown_key_refresh: net::OncePer,
     /// Whether crowd documents with pf <= 1/2 are adopted
     /// ([`JondoConfig::insecure_allow_low_pf`]).
     allow_low_pf: bool,
@@ -993,6 +1016,7 @@ pub async fn start(
         }),
         own_path_formed: AtomicBool::new(false),
         failed: Mutex::new(HashMap::new()),
+        unknown_key_refresh: net::OncePer::default(),
         allow_low_pf: config.insecure_allow_low_pf,
         refused_pf: Mutex::new(None),
         low_pf_logged: Mutex::new(None),
@@ -1016,20 +1040,40 @@ pub async fn start(
             .as_ref()
             .is_some_and(|c| c.by_key.contains_key(key));
         if !known {
-            // Perhaps it joined in an epoch we have not fetched yet.
+            // Perhaps it joined in an epoch we have not fetched yet. Anyone can make
+            // this handshake, so at most one early fetch per poll interval.
             if let Some(n) = policy_node.upgrade() {
-                n.refresh.notify_one();
+                if n.unknown_key_refresh.allow(now_ms(), n.poll_interval()) {
+                    n.refresh.notify_one();
+                }
             }
         }
         known
     });
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&identity, policy)?));
     let peer_node = node.clone();
+    let per_address = net::PerAddress::new(config.peer_connections_per_address);
+    let handshakes = net::Handshakes::new(config.peer_handshakes);
     tasks.push(net::spawn_accept_loop(
         peer_listener,
         MAX_PEER_CONNECTIONS,
         shutdown.clone(),
-        move |stream, _| serve_peer(peer_node.clone(), acceptor.clone(), stream),
+        move |stream, from: SocketAddr| {
+            let node = peer_node.clone();
+            let acceptor = acceptor.clone();
+            let slot = per_address.try_take(from.ip());
+            let ticket = handshakes.enter();
+            async move {
+                let Some(slot) = slot else {
+                    node.stats
+                        .peer_refused_per_address
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                serve_peer(node, acceptor, stream, ticket).await;
+                drop(slot);
+            }
+        },
     ));
     let proxy_node = node.clone();
     tasks.push(net::spawn_accept_loop(
@@ -1143,9 +1187,21 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
 }
 
-async fn serve_peer(node: Arc<Node>, acceptor: TlsAcceptor, stream: tokio::net::TcpStream) {
-    let Ok(Ok(tls)) = tokio::time::timeout(net::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-    else {
+async fn serve_peer(
+    node: Arc<Node>,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    ticket: net::HandshakeTicket,
+) {
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(net::HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h.ok(),
+        () = ticket.evicted.cancelled() => {
+            node.stats.peer_handshakes_evicted.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    };
+    drop(ticket);
+    let Some(Ok(tls)) = handshake else {
         node.stats
             .handshakes_refused
             .fetch_add(1, Ordering::Relaxed);
@@ -1231,6 +1287,7 @@ async fn poll_documents(node: Arc<Node>, blender: BlenderClient, shutdown: Cance
             .filter(|_| !whole)
             .map(|d| (d.epoch, d.issued_at));
         whole = false;
+        node.stats.document_fetches.fetch_add(1, Ordering::Relaxed);
         let fetched = blender.fetch_document(etag.as_ref(), have).await;
         if let Ok(reply) = &fetched {
             node.take_hints(&reply.headers);

@@ -332,6 +332,9 @@ enum State {
 struct Entry {
     state: watch::Sender<State>,
     since: Instant,
+    /// The browser got it once: it stays for repeated requests (the same image twice,
+    /// identical frames) but is the first to go when room is needed.
+    served: std::sync::atomic::AtomicBool,
 }
 
 /// What the initiator answers for a browser request, when it answers it itself.
@@ -367,6 +370,27 @@ impl Held {
     }
 }
 
+impl Held {
+    /// Drops objects the browser already got, oldest first, until `size` more bytes fit.
+    fn evict_served(&mut self, size: usize) {
+        let mut served: Vec<(Instant, String)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.served.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|(url, e)| (e.since, url.clone()))
+            .collect();
+        served.sort();
+        for (_, url) in served {
+            if self.bytes + size <= MAX_CACHE_BYTES {
+                return;
+            }
+            if let Some(e) = self.entries.remove(&url) {
+                self.bytes -= ready_bytes(&e);
+            }
+        }
+    }
+}
+
 fn ready_bytes(e: &Entry) -> usize {
     match &*e.state.borrow() {
         State::Ready(o) => o.body.len(),
@@ -376,7 +400,8 @@ fn ready_bytes(e: &Entry) -> usize {
 
 /// The initiator's store of announced and received objects, bounded in entries
 /// ([`MAX_CACHE_ENTRIES`]) and bytes ([`MAX_CACHE_BYTES`]); an entry lives at most
-/// [`CACHE_TTL`], and gives its bytes back when it is served or expires.
+/// [`CACHE_TTL`] and then gives its bytes back. Objects already served stay for repeated
+/// requests, but make room for new ones when the bytes run short.
 ///
 /// An object that was announced is never requested through the crowd within that time:
 /// if it does not arrive, the browser gets an error from the initiator itself. Sending
@@ -415,6 +440,7 @@ impl ObjectCache {
         let entry = Arc::new(Entry {
             state: watch::channel(State::Pending).0,
             since: now,
+            served: Default::default(),
         });
         held.entries.insert(url.to_string(), entry.clone());
         Some(entry)
@@ -426,20 +452,14 @@ impl ObjectCache {
         held.expire(Instant::now());
         let size = object.body.len();
         let pending = matches!(*entry.state.borrow(), State::Pending);
+        if pending && held.bytes + size > MAX_CACHE_BYTES {
+            held.evict_served(size);
+        }
         if pending && held.bytes + size <= MAX_CACHE_BYTES {
             held.bytes += size;
             entry.state.send_replace(State::Ready(Arc::new(object)));
         } else if pending {
             entry.state.send_replace(State::Failed);
-        }
-    }
-
-    /// Removes `url` if it is still `entry`, giving back its bytes.
-    fn remove(&self, url: &str, entry: &Arc<Entry>) {
-        let mut held = self.lock();
-        if held.entries.get(url).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            held.entries.remove(url);
-            held.bytes -= ready_bytes(entry);
         }
     }
 
@@ -474,9 +494,14 @@ impl ObjectCache {
         )
         .await
         .map(|r| r.map(|s| s.clone()));
-        self.remove(url, &entry);
+        // The entry stays until it expires: a repeated request is answered the same way.
         Some(match waited {
-            Ok(Ok(State::Ready(obj))) => Local::Object(obj.response()),
+            Ok(Ok(State::Ready(obj))) => {
+                entry
+                    .served
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Local::Object(obj.response())
+            }
             Err(_) => Local::TimedOut,
             Ok(_) => Local::Undelivered,
         })
@@ -655,8 +680,13 @@ mod tests {
         };
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"png");
-        assert!(cache.is_empty(), "served once");
-        assert_eq!(cache.bytes(), 0, "bytes given back when served");
+        assert!(
+            matches!(
+                cache.take("http://a.example/x.png").await,
+                Some(Local::Object(_))
+            ),
+            "a repeated request is answered here too"
+        );
         let failed = cache.announce("http://a.example/y.css").expect("room");
         failed.state.send_if_modified(fail_pending);
         assert!(matches!(
@@ -701,6 +731,32 @@ mod tests {
         let _ = cache.announce("http://a.example/last");
         assert_eq!(cache.bytes(), 0);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn served_objects_make_room_for_new_ones() {
+        let cache = ObjectCache::new();
+        let big: &'static [u8] = Box::leak(vec![0u8; MAX_CACHE_BYTES / 2].into_boxed_slice());
+        let first = cache.announce("http://a.example/1").expect("room");
+        cache.fill(&first, object(big));
+        assert!(matches!(
+            cache.take("http://a.example/1").await,
+            Some(Local::Object(_))
+        ));
+        let unserved = cache.announce("http://a.example/2").expect("room");
+        cache.fill(&unserved, object(big));
+        let third = cache.announce("http://a.example/3").expect("room");
+        cache.fill(&third, object(big));
+        assert!(
+            matches!(*third.state.borrow(), State::Ready(_)),
+            "the served object made room"
+        );
+        assert!(
+            matches!(*unserved.state.borrow(), State::Ready(_)),
+            "an object not yet served stays"
+        );
+        assert!(cache.take("http://a.example/1").await.is_none());
+        assert_eq!(cache.bytes(), MAX_CACHE_BYTES);
     }
 
     #[tokio::test]

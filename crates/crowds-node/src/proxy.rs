@@ -161,6 +161,17 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let resp = prefetch::unbundle(node.clone().initiate(req).await, objects);
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        if kind == ErrorKind::NotAdmitted {
+            if let Some(pf) = node.refused_pf() {
+                let text = format!(
+                    "This jondo refuses the crowd's current document: its forward probability \
+                     pf = {pf} is at most 1/2, and at such a pf no crowd size gives probable \
+                     innocence. Browsing through it fails until the blender publishes a pf \
+                     above 1/2 (the status page says more)."
+                );
+                return page(status, "Crowd refused: pf too low", &text);
+            }
+        }
         let title = match kind {
             ErrorKind::ExitPolicy => "Refused by the crowd's exit policy",
             ErrorKind::PathBroken => "Crowd path broken",

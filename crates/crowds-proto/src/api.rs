@@ -11,6 +11,21 @@ use std::net::SocketAddr;
 
 /// Largest JSON request body the blender reads.
 pub const MAX_API_BODY: usize = 16 * 1024;
+/// Longest account (or crowd) name.
+pub const MAX_NAME: usize = 64;
+/// Longest password a blender checks.
+pub const MAX_PASSWORD: usize = 1024;
+
+/// Account and crowd names: 1 to [`MAX_NAME`] ASCII letters, digits, `.`, `_` or `-`
+/// (what `crowds account add` accepts). A blender checks a join's account name with this
+/// before it uses the name for anything, as a throttle key above all.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
 
 /// A join request. Its `Debug` never shows the password.
 #[derive(Serialize, Deserialize)]
@@ -116,6 +131,13 @@ pub enum ApiError {
     /// A peer address nobody can connect to.
     #[error("peer_addr must be a reachable address and port")]
     BadPeerAddr,
+    /// An account name no account can have (see [`valid_name`]); the name itself is
+    /// not repeated, since it may be something the user meant to keep private.
+    #[error("invalid account name: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    BadAccount,
+    /// An empty password, or one longer than [`MAX_PASSWORD`] bytes.
+    #[error("invalid password: it must be 1 to 1024 bytes")]
+    BadPassword,
 }
 
 /// Parses and checks a join request body.
@@ -127,12 +149,42 @@ pub fn parse_join(body: &[u8]) -> Result<JoinRequest, ApiError> {
     if join.peer_addr.ip().is_unspecified() || join.peer_addr.port() == 0 {
         return Err(ApiError::BadPeerAddr);
     }
+    if !valid_name(&join.account) {
+        return Err(ApiError::BadAccount);
+    }
+    if join.password.is_empty() || join.password.len() > MAX_PASSWORD {
+        return Err(ApiError::BadPassword);
+    }
     Ok(join)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any body: parsing never panics, and whatever it accepts has a valid account
+        /// name and a password of a size the blender checks.
+        #[test]
+        fn join_parsing_accepts_only_checkable_requests(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(join) = parse_join(&body) {
+                prop_assert!(valid_name(&join.account));
+                prop_assert!(!join.password.is_empty() && join.password.len() <= MAX_PASSWORD);
+            }
+        }
+
+        /// Names of the accepted shape go through, with their password, unchanged.
+        #[test]
+        fn valid_names_are_accepted(account in "[A-Za-z0-9._-]{1,64}", password in "[ -~]{1,40}") {
+            let body = serde_json::json!({
+                "account": account, "password": password, "peer_addr": "127.0.0.2:7000",
+            });
+            let join = parse_join(body.to_string().as_bytes()).expect("valid");
+            prop_assert_eq!(join.account, account);
+            prop_assert_eq!(join.password, password);
+        }
+    }
 
     #[test]
     fn join_requests() {
@@ -147,6 +199,27 @@ mod tests {
             parse_join(&vec![b' '; MAX_API_BODY + 1]).err(),
             Some(ApiError::TooLarge)
         );
+        let long = "a".repeat(MAX_NAME + 1);
+        for bad in ["", "a b", "a/b", "ä", "a\\u0000", long.as_str()] {
+            let body =
+                format!(r#"{{"account":"{bad}","password":"p","peer_addr":"127.0.0.2:7000"}}"#);
+            assert_eq!(
+                parse_join(body.as_bytes()).err(),
+                Some(ApiError::BadAccount),
+                "{bad:?}"
+            );
+        }
+        let longest = "a".repeat(MAX_NAME);
+        assert!(valid_name(&longest) && valid_name("Alice_2.b-c"));
+        let long_pw = "p".repeat(MAX_PASSWORD + 1);
+        for bad in ["", long_pw.as_str()] {
+            let body =
+                format!(r#"{{"account":"a","password":"{bad}","peer_addr":"127.0.0.2:7000"}}"#);
+            assert_eq!(
+                parse_join(body.as_bytes()).err(),
+                Some(ApiError::BadPassword)
+            );
+        }
         let debug = format!("{:?}", parse_join(ok).expect("ok"));
         assert!(
             !debug.contains("\"p\""),

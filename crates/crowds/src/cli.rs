@@ -52,7 +52,7 @@ enum Command {
     #[command(subcommand)]
     Account(AccountCommand),
     /// Run the blender: the crowd's membership server.
-    Blender(BlenderArgs),
+    Blender(Box<BlenderArgs>),
     /// Run a jondo: your member of the crowd, with a local HTTP proxy.
     Jondo(Box<JondoArgs>),
     /// Run a whole crowd on this machine, with a sample website, ready to browse.
@@ -78,6 +78,14 @@ enum Command {
     ///
     /// Example: crowds analyze --members 20 --collaborators 3 --pf 0.75 --svg crowd.svg
     Analyze(crate::analyze::AnalyzeArgs),
+    /// Open a web browser that sends everything through your jondo, hardened against
+    /// the leaks a proxy cannot see (WebRTC, DNS prefetch, QUIC, background requests);
+    /// refuses to start until the jondo is a member of the crowd.
+    ///
+    /// Example: crowds browser example.org
+    ///
+    /// Example: crowds browser --headless --screenshot page.png example.org
+    Browser(Box<crate::browser::BrowserArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +212,45 @@ struct BlenderArgs {
     /// Serve a status page, /status.json and /metrics here (e.g. 127.0.0.1:7001).
     #[arg(long)]
     control_listen: Option<SocketAddr>,
+    /// Most API connections of members at once (from members' addresses, or proving a
+    /// member's key); strangers cannot take these.
+    #[arg(long, default_value_t = blender::MAX_API_CONNECTIONS, value_parser = at_least_one)]
+    max_member_connections: usize,
+    /// Most API connections of strangers (no member key yet, e.g. joins) at once: this
+    /// many in their TLS handshake (a new one cuts off the oldest) and this many past it.
+    #[arg(long, default_value_t = blender::MAX_STRANGER_CONNECTIONS, value_parser = at_least_one)]
+    max_stranger_connections: usize,
+    /// Most API connections not yet proven a member's from one address (IPv6: one /64).
+    #[arg(long, default_value_t = blender::MAX_CONNECTIONS_PER_ADDRESS, value_parser = at_least_one)]
+    max_connections_per_address: usize,
+    /// Time for a client's TLS handshake with the API.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// Time for a request's head, and again for its body.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    read_timeout: Duration,
+    /// Time for a whole API connection, answer included.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    connection_timeout: Duration,
+    /// Password checks run at once; each holds about 19 MiB [default: one per core].
+    #[arg(long, value_parser = at_least_one)]
+    password_checks: Option<usize>,
+    /// Password checks waiting for a free worker; joins beyond them get 503 with
+    /// Retry-After.
+    #[arg(long, default_value_t = blender::PASSWORD_CHECK_QUEUE)]
+    password_check_queue: usize,
+    /// Account names and addresses the login throttle remembers (the least recently
+    /// seen are forgotten first).
+    #[arg(long, default_value_t = crowds_proto::throttle::DEFAULT_MAX_TRACKED, value_parser = at_least_one)]
+    max_throttled_keys: usize,
+}
+
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: give a whole number of at least 1")),
+    }
 }
 
 /// Jondo settings. Each comes, in this order of precedence, from its flag, its
@@ -300,6 +347,15 @@ struct JondoArgs {
     /// more let a busy exit spread TLS over cores; 0 means one per core [default: 1].
     #[arg(long, env = "CROWDS_THREADS")]
     threads: Option<usize>,
+    /// Most connections to the peer port from one address, so that one machine cannot
+    /// take every slot [default: 32].
+    #[arg(long, env = "CROWDS_PEER_CONNECTIONS_PER_ADDRESS", value_parser = clap::value_parser!(u32).range(1..))]
+    peer_connections_per_address: Option<u32>,
+    /// Most connections to the peer port still in their TLS handshake; a new one cuts
+    /// off the one waiting longest, so idle connections cannot lock members out
+    /// [default: 128].
+    #[arg(long, env = "CROWDS_PEER_HANDSHAKES", value_parser = clap::value_parser!(u32).range(1..))]
+    peer_handshakes: Option<u32>,
 }
 
 mod opt_duration {
@@ -391,7 +447,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let (config, threads) = merge(*args)?;
             jondo::runtime(threads)?.block_on(run_jondo(config))
         }
-        Command::Blender(args) => multi_thread()?.block_on(run_blender(args)),
+        Command::Blender(args) => multi_thread()?.block_on(run_blender(*args)),
         Command::Demo(args) => multi_thread()?.block_on(run_demo(args)),
         // The PostgreSQL client runs a small runtime of its own, so none here.
         Command::Account(cmd) => account(cmd),
@@ -407,6 +463,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Analyze(args) => crate::analyze::run(args),
+        Command::Browser(args) => crate::browser::run(*args),
     }
 }
 
@@ -506,6 +563,19 @@ async fn run_blender(args: BlenderArgs) -> Result<()> {
     config.document_lifetime = args.document_lifetime;
     config.rejoin_interval = args.rejoin_interval;
     config.control_listen = args.control_listen;
+    config.limits = blender::ApiLimits {
+        max_member_connections: args.max_member_connections,
+        max_stranger_connections: args.max_stranger_connections,
+        max_connections_per_address: args.max_connections_per_address,
+        handshake_timeout: args.handshake_timeout,
+        read_timeout: args.read_timeout,
+        connection_timeout: args.connection_timeout,
+        password_checks: args
+            .password_checks
+            .unwrap_or_else(blender::default_password_checks),
+        password_check_queue: args.password_check_queue,
+        max_throttled_keys: args.max_throttled_keys,
+    };
     let shutdown = shutdown_on_signal();
     let running = blender::start(config, shutdown).await?;
     eprintln!(
@@ -599,6 +669,14 @@ fn merge(flags: JondoArgs) -> Result<(JondoConfig, usize)> {
         strip_active_content: flags.strip_active_content || file.strip_active_content,
         exit_ports: flags.exit_ports.or(file.exit_ports),
         insecure_allow_low_pf: flags.insecure_allow_low_pf || file.insecure_allow_low_pf,
+        peer_connections_per_address: flags
+            .peer_connections_per_address
+            .or(file.peer_connections_per_address)
+            .map_or(jondo::PEER_CONNECTIONS_PER_ADDRESS, |n| n as usize),
+        peer_handshakes: flags
+            .peer_handshakes
+            .or(file.peer_handshakes)
+            .map_or(jondo::PEER_HANDSHAKES, |n| n as usize),
     };
     if config.insecure_allow_low_pf {
         tracing::warn!(
@@ -921,6 +999,20 @@ fn init(args: InitArgs) -> Result<()> {
         "insecure_allow_low_pf",
         j.insecure_allow_low_pf.then(|| "true".into()),
         "false",
+    );
+    line(
+        &mut out,
+        "Most connections to the peer port from one address.",
+        "peer_connections_per_address",
+        j.peer_connections_per_address.map(|n| n.to_string()),
+        &jondo::PEER_CONNECTIONS_PER_ADDRESS.to_string(),
+    );
+    line(
+        &mut out,
+        "Most peer connections still in their TLS handshake (the oldest makes room).",
+        "peer_handshakes",
+        j.peer_handshakes.map(|n| n.to_string()),
+        &jondo::PEER_HANDSHAKES.to_string(),
     );
     line(
         &mut out,

@@ -6,6 +6,7 @@
 #![deny(clippy::await_holding_lock)]
 
 mod analyze;
+mod browser;
 mod cli;
 
 use clap::Parser;
@@ -14,6 +15,24 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(&args);
+    // Daemons hold many connections; the common soft limit of 1,024 open files is less
+    // than their listeners' caps together. (A failure here leaves the limit as it was.)
+    match crowds_node::net::raise_open_files_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::debug!("open files limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("cannot raise the open files limit: {e}"),
+    }
+    if let Ok((limit, _)) = crowds_node::net::open_files_limit() {
+        if limit < crowds_node::net::OPEN_FILES_WANTED {
+            tracing::warn!(
+                "the open files limit is {limit}: under load this daemon may run out of \
+                 connections (raise it to at least {}, e.g. LimitNOFILE= in its unit)",
+                crowds_node::net::OPEN_FILES_WANTED
+            );
+        }
+    }
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -207,11 +207,16 @@ async fn a_crowd_with_pf_at_most_one_half_is_refused_unless_asked_for() {
     // through (past the refusing member, whose links refuse everyone).
     let origin = Origin::start().await;
     let mut client = HttpClient::connect(refusing.proxy).await.expect("proxy");
-    let (status, _, _) = client
+    let (status, _, body) = client
         .get(&origin.url("/whoami?refused"), &[])
         .await
         .expect("an answer from the refusing jondo");
     assert_ne!(status, 200, "a refused crowd carried a request");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("pf too low") && text.contains("at most 1/2"),
+        "the error page says why: {text}"
+    );
     assert!(origin.seen_path("/whoami?refused").is_empty());
     let mut client = HttpClient::connect(insecure.proxy).await.expect("proxy");
     let (status, _, body) = client

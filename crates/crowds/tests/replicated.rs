@@ -517,8 +517,14 @@ async fn named_crowds_are_separate() {
         ),
         ("default", 0.75, 1)
     );
-    let named = fetch(&f1, "/v1/crowd/slow").await.expect("named");
+    let named = fetch(&s2, "/v1/crowd/slow").await.expect("named");
     assert_eq!(named.members, slow.members);
+    // A member of one crowd may not read another crowd's member list.
+    let other = fetch(&f1, "/v1/crowd/slow").await;
+    assert_eq!(
+        other.err().as_deref(),
+        Some("/v1/crowd/slow: 403 Forbidden")
+    );
     assert!(fetch(&f1, "/v1/crowd/unserved").await.is_err());
 }
 

@@ -8,14 +8,15 @@
 //! crowd's lock, so two blenders sharing a database never publish different documents
 //! for the same epoch (the documents table's primary key is the last safety net).
 //! Passwords are never stored, logged or returned; only argon2id hashes are kept.
+//! [`password`] runs the (deliberately slow and memory-hard) checks on a fixed pool of
+//! threads, so their memory is bounded whatever arrives.
 
+pub mod password;
 mod postgres;
 pub mod sql;
 mod sqlite;
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use crowds_proto::document::{CrowdDocument, Member};
 use crowds_proto::identity::PublicKey;
@@ -28,9 +29,9 @@ use std::path::Path;
 /// File name of the SQLite database inside the blender's data directory.
 pub const DATABASE_FILE: &str = "blender.sqlite3";
 /// Longest account name.
-pub const MAX_ACCOUNT_NAME: usize = 64;
+pub const MAX_ACCOUNT_NAME: usize = crowds_proto::api::MAX_NAME;
 /// Longest password accepted.
-pub const MAX_PASSWORD: usize = 1024;
+pub const MAX_PASSWORD: usize = crowds_proto::api::MAX_PASSWORD;
 /// The crowd accounts join unless told otherwise.
 pub const DEFAULT_CROWD: &str = "default";
 /// Signed documents kept per crowd (older epochs are deleted).
@@ -110,21 +111,47 @@ pub struct LoginRecord {
 }
 
 impl LoginRecord {
-    /// Whether `password` matches (argon2id; deliberately slow).
+    /// Whether `password` matches (argon2id; deliberately slow). The work happens in
+    /// this thread's reusable argon2 memory (see [`password`]); the comparison
+    /// is constant-time.
     pub fn verify(&self, password: &str) -> Result<bool, StoreError> {
-        let parsed =
-            PasswordHash::new(&self.hash).map_err(|_| StoreError::Corrupt("password hash"))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
+        let corrupt = |_| StoreError::Corrupt("password hash");
+        let parsed = PasswordHash::new(&self.hash).map_err(corrupt)?;
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Err(StoreError::Corrupt("password hash"));
+        };
+        let params = argon2::Params::try_from(&parsed).map_err(corrupt)?;
+        let algorithm = argon2::Algorithm::try_from(parsed.algorithm).map_err(corrupt)?;
+        let version = parsed
+            .version
+            .map(argon2::Version::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("password hash"))?
+            .unwrap_or_default();
+        let mut salt_bytes = [0u8; 64];
+        let salt = salt.decode_b64(&mut salt_bytes).map_err(corrupt)?;
+        let argon = Argon2::new(algorithm, version, params);
+        let mut out = vec![0u8; expected.len()];
+        password::with_blocks(argon.params().block_count(), |blocks| {
+            argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks)
+        })
+        .map_err(|e| StoreError::Hash(e.to_string()))?;
+        let computed = argon2::password_hash::Output::new(&out).map_err(corrupt)?;
+        // `Output`'s equality is constant-time.
+        Ok(computed == expected)
     }
 }
 
 /// Spends the effort of a real password check, so that timing does not reveal which
 /// account names exist.
 pub fn waste_password_check(password: &str) {
-    let salt = SaltString::generate(&mut OsRng);
-    let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
+    let mut salt = [0u8; 16];
+    argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, &mut salt);
+    let argon = Argon2::default();
+    let mut out = [0u8; 32];
+    let _ = password::with_blocks(argon.params().block_count(), |blocks| {
+        argon.hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks)
+    });
 }
 
 /// What one epoch tick did.
@@ -193,13 +220,10 @@ pub struct Store {
     db: Box<dyn Db>,
 }
 
-/// Account and crowd names: short, printable, no separators.
+/// Account and crowd names: short, printable, no separators (the one rule is
+/// [`crowds_proto::api::valid_name`], which the blender also applies to every join).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_ACCOUNT_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    crowds_proto::api::valid_name(name)
 }
 
 /// Schema migrations, in order: (SQLite, PostgreSQL). Statements are separated by `;`.
