@@ -207,6 +207,7 @@ pub fn check_sanitize_request(before: &HeaderMap, rules: Hygiene) -> HeaderMap {
             header::COOKIE,
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
+            header::IF_RANGE,
             header::AUTHORIZATION,
         ] {
             assert!(

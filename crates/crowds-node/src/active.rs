@@ -24,24 +24,57 @@ use tokio::sync::mpsc;
 /// The policy added to rewritten pages.
 pub const CSP: &str = "script-src 'none'; object-src 'none'; worker-src 'none'";
 
-/// Input fed to a decoder at once: bounds what one compressed chunk can expand to.
+/// Input fed to a decoder at once.
 const DECODE_SLICE: usize = 4 * 1024;
+/// Most bytes one input slice may decode to (a ratio of 2,048): bounds the memory a
+/// compression bomb can take (brotli reaches ratios of millions).
+const MAX_SLICE_OUTPUT: usize = 8 * 1024 * 1024;
 
-/// Whether a response is a page a browser would run scripts in.
-fn is_page(headers: &http::HeaderMap) -> bool {
+/// Whether a response is a page: any of its `Content-Type` values names HTML or XHTML
+/// (browsers take the last of several; any one is enough to treat it as a page).
+pub(crate) fn is_page(headers: &http::HeaderMap) -> bool {
     headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|t| t.trim_start().to_ascii_lowercase())
-        .is_some_and(|t| t.starts_with("text/html") || t.starts_with("application/xhtml+xml"))
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .to_ascii_lowercase()
+                .split(',')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .any(|t| {
+            let t = t.trim();
+            t.starts_with("text/html") || t.starts_with("application/xhtml+xml")
+        })
+}
+
+/// A decoder's output, refusing to grow past [`MAX_SLICE_OUTPUT`] between two takes.
+#[derive(Default)]
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + data.len() > MAX_SLICE_OUTPUT {
+            return Err(std::io::Error::other(
+                "the page expands too much when decompressed",
+            ));
+        }
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A page's content coding, undone as it streams.
 enum Decoding {
     Identity,
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+    Gzip(flate2::write::GzDecoder<Capped>),
+    Deflate(flate2::write::ZlibDecoder<Capped>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Capped>>),
 }
 
 impl Decoding {
@@ -61,11 +94,13 @@ impl Decoding {
         Some(match first.as_deref() {
             None => Decoding::Identity,
             Some("gzip") | Some("x-gzip") => {
-                Decoding::Gzip(flate2::write::GzDecoder::new(Vec::new()))
+                Decoding::Gzip(flate2::write::GzDecoder::new(Capped::default()))
             }
-            Some("deflate") => Decoding::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+            Some("deflate") => {
+                Decoding::Deflate(flate2::write::ZlibDecoder::new(Capped::default()))
+            }
             Some("br") => Decoding::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
-                Vec::new(),
+                Capped::default(),
                 DECODE_SLICE,
             ))),
             Some(_) => return None,
@@ -79,15 +114,15 @@ impl Decoding {
             Decoding::Identity => bytes.to_vec(),
             Decoding::Gzip(d) => {
                 d.write_all(bytes)?;
-                std::mem::take(d.get_mut())
+                std::mem::take(&mut d.get_mut().0)
             }
             Decoding::Deflate(d) => {
                 d.write_all(bytes)?;
-                std::mem::take(d.get_mut())
+                std::mem::take(&mut d.get_mut().0)
             }
             Decoding::Brotli(d) => {
                 d.write_all(bytes)?;
-                std::mem::take(d.get_mut())
+                std::mem::take(&mut d.get_mut().0)
             }
         })
     }
@@ -97,54 +132,43 @@ impl Decoding {
         use std::io::Write;
         match self {
             Decoding::Identity => Ok(Vec::new()),
-            Decoding::Gzip(d) => d.finish(),
-            Decoding::Deflate(d) => d.finish(),
+            Decoding::Gzip(d) => d.finish().map(|c| c.0),
+            Decoding::Deflate(d) => d.finish().map(|c| c.0),
             Decoding::Brotli(mut d) => {
                 d.close()?;
                 d.flush()?;
-                Ok(std::mem::take(d.get_mut()))
+                Ok(std::mem::take(&mut d.get_mut().0))
             }
         }
     }
 }
 
-/// Rewrites a page response without active content; others pass unchanged. A page that
-/// cannot be decoded is replaced by an error: it is never delivered unfiltered.
-pub fn strip(resp: Response<Body>) -> Response<Body> {
-    if !is_page(resp.headers()) || resp.status() == StatusCode::NOT_MODIFIED {
-        return resp;
-    }
-    let Some(mut decoding) = Decoding::for_headers(resp.headers()) else {
-        return body::text(
-            StatusCode::BAD_GATEWAY,
-            "crowds: this page uses a compression the jondo cannot undo, so its scripts \
-             could not be removed (active content removal is on); it was not delivered.",
-        );
-    };
-    let (mut parts, mut page) = resp.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+type FrameResult = Result<Frame<Bytes>, BoxError>;
+
+/// Runs `page` through `step` as it streams: each chunk of decoded bytes goes through
+/// `step` (which may change or inspect it); `end` gives the last bytes. An error cuts the
+/// body with that error, so the client never takes a half-processed page for a whole one.
+fn transform<S, E>(mut page: Body, mut decoding: Decoding, mut step: S, end: E) -> Body
+where
+    S: FnMut(&[u8]) -> Result<Vec<u8>, BoxError> + Send + 'static,
+    E: FnOnce() -> Result<Vec<u8>, BoxError> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<FrameResult>(16);
     tokio::spawn(async move {
-        let mut filter = ActiveFilter::new();
         let outcome: Result<(), BoxError> = async {
             while let Some(frame) = page.frame().await {
                 let Ok(bytes) = frame?.into_data() else {
                     continue;
                 };
                 for slice in bytes.chunks(DECODE_SLICE) {
-                    let chunk = filter.write(&decoding.write(slice)?)?;
+                    let chunk = step(&decoding.write(slice)?)?;
                     if !chunk.is_empty() {
                         tx.send(Ok(Frame::data(Bytes::from(chunk)))).await?;
                     }
                 }
             }
-            let mut rest = filter.write(&decoding.finish()?)?;
-            rest.extend(filter.end()?);
+            let mut rest = step(&decoding.finish()?)?;
+            rest.extend(end()?);
             if !rest.is_empty() {
                 tx.send(Ok(Frame::data(Bytes::from(rest)))).await?;
             }
@@ -152,13 +176,83 @@ pub fn strip(resp: Response<Body>) -> Response<Body> {
         }
         .await;
         if let Err(e) = outcome {
-            // A page we cannot rewrite safely is not delivered half-filtered.
             let _ = tx.send(Err(e)).await;
         }
     });
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
-    Response::from_parts(parts, StreamBody::new(stream).boxed_unsync())
+    StreamBody::new(stream).boxed_unsync()
+}
+
+/// A response with its content coding undone (gzip, deflate, br), as it streams, with
+/// `inspect` seeing every decoded chunk (`Some`) before it is passed on, and `None` at
+/// the end. `None` when its coding is one this jondo cannot undo.
+pub(crate) fn decode_inspecting<F>(resp: Response<Body>, inspect: F) -> Option<Response<Body>>
+where
+    F: FnMut(Option<&[u8]>) + Send + 'static,
+{
+    let decoding = Decoding::for_headers(resp.headers())?;
+    let (mut parts, page) = resp.into_parts();
+    if !matches!(decoding, Decoding::Identity) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_ENCODING);
+    }
+    let inspect = std::sync::Arc::new(std::sync::Mutex::new(inspect));
+    let at_end = inspect.clone();
+    let body = transform(
+        page,
+        decoding,
+        move |bytes: &[u8]| {
+            (inspect.lock().unwrap_or_else(|p| p.into_inner()))(Some(bytes));
+            Ok(bytes.to_vec())
+        },
+        move || {
+            (at_end.lock().unwrap_or_else(|p| p.into_inner()))(None);
+            Ok(Vec::new())
+        },
+    );
+    Some(Response::from_parts(parts, body))
+}
+
+fn lock_filter(f: &std::sync::Mutex<ActiveFilter>) -> std::sync::MutexGuard<'_, ActiveFilter> {
+    f.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Rewrites a page response without active content. Every response gets the CSP and
+/// `nosniff` (a document without a type, or an SVG or XML one, is then still held to
+/// "no scripts"); pages (HTML, XHTML, also compressed) are filtered. A page that cannot be
+/// decoded is replaced by an error: it is never delivered unfiltered.
+pub fn strip(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !is_page(resp.headers()) || resp.status() == StatusCode::NOT_MODIFIED {
+        return resp;
+    }
+    let Some(decoding) = Decoding::for_headers(resp.headers()) else {
+        return body::text(
+            StatusCode::BAD_GATEWAY,
+            "crowds: this page uses a compression the jondo cannot undo, so its scripts \
+             could not be removed (active content removal is on); it was not delivered.",
+        );
+    };
+    let (mut parts, page) = resp.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    let filter = std::sync::Arc::new(std::sync::Mutex::new(ActiveFilter::new()));
+    let last = filter.clone();
+    let body = transform(
+        page,
+        decoding,
+        move |bytes: &[u8]| Ok(lock_filter(&filter).write(bytes)?),
+        move || Ok(lock_filter(&last).end()?),
+    );
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]
@@ -280,6 +374,38 @@ mod tests {
         if let Ok(text) = text_of(out).await {
             assert!(!text.contains("alert"), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_compression_bomb_is_cut_not_swallowed() {
+        // 64 MiB of one byte, brotli-compressed to a few hundred bytes.
+        let mut br = Vec::new();
+        let huge = vec![b'a'; 64 * 1024 * 1024];
+        brotli::BrotliCompress(
+            &mut &huge[..],
+            &mut br,
+            &brotli::enc::BrotliEncoderParams::default(),
+        )
+        .expect("br");
+        assert!(br.len() < 64 * 1024, "{}", br.len());
+        let out = strip(page_response(br, "text/html", "br"));
+        assert!(
+            text_of(out).await.is_err(),
+            "a page that expands past the limit must be cut with an error"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_response_gets_the_policy_and_ambiguous_pages_are_filtered() {
+        let mut resp = page_response(b"<script>x</script>".to_vec(), "text/plain", "");
+        resp.headers_mut()
+            .append(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        let out = strip(resp);
+        assert_eq!(out.headers()[header::CONTENT_SECURITY_POLICY], CSP);
+        assert!(!text_of(out).await.expect("page").contains("<script"));
+        let out = strip(page_response(b"<svg/>".to_vec(), "image/svg+xml", ""));
+        assert_eq!(out.headers()[header::CONTENT_SECURITY_POLICY], CSP);
+        assert_eq!(out.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
 
     #[tokio::test]

@@ -110,6 +110,10 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 pub const PASSWORD_CHECK_QUEUE: usize = 64;
 /// What a join refused for a full password-check queue is told to wait.
 const BUSY_RETRY_AFTER_MS: u64 = 1_000;
+/// Most API connections of one member key at once. A jondo makes one request per
+/// connection and rarely more than two at a time (heartbeat, document poll).
+pub const MEMBER_CONNECTIONS_PER_KEY: usize = 8;
+
 /// How long an address or key stays known as a member's after it was last proven.
 const KNOWN_FOR_MS: u64 = 60 * 60 * 1000;
 /// Most member addresses and keys remembered beyond the current documents' (the least
@@ -320,6 +324,9 @@ struct Gate {
     handshakes: Arc<net::Handshakes>,
     per_address: Arc<net::PerAddress>,
     refused_per_address: AtomicU64,
+    /// Members' connections per key: one member (a collaborator) cannot take the whole
+    /// members' budget and so stall everyone's heartbeats.
+    per_key: Arc<net::PerAddress<PublicKey>>,
     refused_strangers: AtomicU64,
     handshakes_timed_out: AtomicU64,
     connections_timed_out: AtomicU64,
@@ -332,6 +339,8 @@ struct Admission {
     stranger: Option<OwnedSemaphorePermit>,
     handshake: Option<net::HandshakeTicket>,
     address: Option<net::AddressSlot>,
+    /// A member's connection counts against its key ([`MEMBER_CONNECTIONS_PER_KEY`]).
+    key: Option<net::AddressSlot<PublicKey>>,
 }
 
 /// The blender's counters (never account names or member traffic).
@@ -567,6 +576,7 @@ pub async fn start(
             handshakes: net::Handshakes::new(limits.max_stranger_connections),
             per_address: net::PerAddress::new(limits.max_connections_per_address.max(1)),
             refused_per_address: AtomicU64::new(0),
+            per_key: net::PerAddress::new(MEMBER_CONNECTIONS_PER_KEY),
             refused_strangers: AtomicU64::new(0),
             handshakes_timed_out: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
@@ -665,6 +675,7 @@ fn admit(
         stranger: None,
         handshake,
         address: Some(address),
+        key: None,
     })
 }
 
@@ -709,7 +720,15 @@ async fn serve_api(
         .key(&client, now_ms());
     if is_member {
         // Proven a member's: it no longer counts against its address (members behind
-        // one NAT are not capped together).
+        // one NAT are not capped together), but against its key.
+        let Some(key) = state.gate.per_key.try_take(client) else {
+            state
+                .gate
+                .refused_per_address
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        admission.key = Some(key);
         admission.address = None;
         if admission.member.is_none() {
             admission.member = state.gate.members.clone().try_acquire_owned().ok();

@@ -1061,10 +1061,11 @@ pub async fn start(
         move |stream, from: SocketAddr| {
             let node = peer_node.clone();
             let acceptor = acceptor.clone();
-            let slot = per_address.try_take(from.ip());
-            let ticket = handshakes.enter();
+            let slot = per_address.try_take(net::source_of(from.ip()));
+            // Only a connection within its address's share may push out a pending one.
+            let ticket = slot.as_ref().map(|_| handshakes.enter());
             async move {
-                let Some(slot) = slot else {
+                let (Some(slot), Some(ticket)) = (slot, ticket) else {
                     node.stats
                         .peer_refused_per_address
                         .fetch_add(1, Ordering::Relaxed);

@@ -385,22 +385,23 @@ pub fn open_files_limit() -> std::io::Result<(u64, u64)> {
     Ok((soft, hard))
 }
 
-/// Connections per source address on one listener: a single machine cannot take every
-/// slot of a listener, whatever it sends (or does not send).
+/// Connections per source address on one listener (or per any other key, such as a
+/// member's public key): a single machine cannot take every slot of a listener,
+/// whatever it sends (or does not send).
 #[derive(Debug)]
-pub struct PerAddress {
+pub struct PerAddress<K = std::net::IpAddr> {
     limit: usize,
-    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    counts: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
 /// One connection's place in a [`PerAddress`] count; given back when dropped.
 #[derive(Debug)]
-pub struct AddressSlot {
-    owner: Arc<PerAddress>,
-    ip: std::net::IpAddr,
+pub struct AddressSlot<K: std::hash::Hash + Eq = std::net::IpAddr> {
+    owner: Arc<PerAddress<K>>,
+    ip: K,
 }
 
-impl PerAddress {
+impl<K: std::hash::Hash + Eq + Clone> PerAddress<K> {
     /// At most `limit` connections from any one address.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -412,10 +413,13 @@ impl PerAddress {
     /// A slot for one more connection from `ip`, if it has fewer than the limit. The
     /// table holds only addresses with open connections, so it is bounded by the
     /// listener's own connection cap.
-    pub fn try_take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+    pub fn try_take(self: &Arc<Self>, ip: K) -> Option<AddressSlot<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(ip).or_insert(0);
+        let n = counts.entry(ip.clone()).or_insert(0);
         if *n >= self.limit {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
             return None;
         }
         *n += 1;
@@ -426,13 +430,13 @@ impl PerAddress {
     }
 
     /// Open connections from `ip`.
-    pub fn count(&self, ip: std::net::IpAddr) -> usize {
+    pub fn count(&self, ip: &K) -> usize {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(&ip).copied().unwrap_or(0)
+        counts.get(ip).copied().unwrap_or(0)
     }
 }
 
-impl Drop for AddressSlot {
+impl<K: std::hash::Hash + Eq> Drop for AddressSlot<K> {
     fn drop(&mut self) {
         let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.ip) {
@@ -553,12 +557,12 @@ mod guard_tests {
         assert!(caps.try_take(a).is_none(), "a third from the same address");
         let _other = caps.try_take(b).expect("another address is not affected");
         drop(first);
-        assert_eq!(caps.count(a), 1);
+        assert_eq!(caps.count(&a), 1);
         assert!(
             caps.try_take(a).is_some(),
             "a closed connection gives its slot back"
         );
-        assert_eq!(caps.count(IpAddr::V4(Ipv4Addr::LOCALHOST)), 0);
+        assert_eq!(caps.count(&IpAddr::V4(Ipv4Addr::LOCALHOST)), 0);
     }
 
     #[test]

@@ -39,6 +39,17 @@ pub const MAX_OBJECT_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_BUNDLE_BYTES: usize = 48 * 1024 * 1024;
 /// Objects of one page the exit fetches at once (what a browser does per server).
 pub const OBJECT_FETCHES: usize = 6;
+/// Most bytes of fetched objects an exit holds at once, over all the bundles it is
+/// making: a member that asks for big pages and never reads the answers can pin no more.
+pub const MAX_EXIT_BUNDLE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The exit's budget for held object bytes, in KiB ([`MAX_EXIT_BUNDLE_BYTES`]).
+fn exit_budget() -> Arc<tokio::sync::Semaphore> {
+    static BUDGET: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    BUDGET
+        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_EXIT_BUNDLE_BYTES / 1024)))
+        .clone()
+}
 /// Most bytes of objects an initiator keeps at once.
 pub const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Most objects an initiator keeps (announced or received) at once.
@@ -89,8 +100,25 @@ fn control(frame: &Frame) -> Option<FrameResult> {
         .map(|b| Ok(BodyFrame::data(Bytes::from(b))))
 }
 
-/// Turns the server's answer to a navigation GET into a page bundle, if it is an HTML
-/// page (200, uncompressed); anything else is returned unchanged.
+/// Whether the answer to a navigation is a page that must come as a bundle: any answer
+/// with a body (error pages render too) whose type names HTML or XHTML, or that has no
+/// type at all (browsers sniff it). The exit bundles every such answer (decoding it
+/// first if the server compressed it anyway), so the initiator can tell a page a
+/// collaborator unbundled on the way (or re-labelled 200 as 404) from one that was never
+/// meant to be a bundle.
+pub fn must_bundle(resp: &Response<Body>) -> bool {
+    let status = resp.status();
+    let has_body = !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED;
+    has_body
+        && (crate::active::is_page(resp.headers())
+            || !resp.headers().contains_key(header::CONTENT_TYPE))
+}
+
+/// Turns the server's answer to a navigation GET into a page bundle, if it is a page
+/// ([`must_bundle`]); anything else is returned unchanged. A page in a compression the
+/// exit cannot undo is answered with an error instead (the initiator would refuse it).
 pub fn bundle(
     page_url: &Uri,
     resp: Response<Body>,
@@ -100,9 +128,12 @@ pub fn bundle(
     let Some(scanner) = Scanner::new(&page_url.to_string()) else {
         return resp;
     };
-    if resp.status() != StatusCode::OK || !body::is_plain_html(resp.headers()) {
+    if !must_bundle(&resp) {
         return resp;
     }
+    let Some(resp) = crate::active::decode_inspecting(resp, |_: Option<&[u8]>| {}) else {
+        return body::crowd_error(crowds_proto::relay::ErrorKind::OriginUnreachable);
+    };
     let (mut parts, page) = resp.into_parts();
     if let Some(len) = parts.headers.remove(header::CONTENT_LENGTH) {
         parts.headers.insert(PAGE_LENGTH_HEADER, len);
@@ -175,6 +206,8 @@ struct Fetched {
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
     stylesheet: bool,
+    /// The body's share of the exit's budget, given back when the object is sent.
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Fetches the announced objects, [`OBJECT_FETCHES`] at a time, and sends each whole as
@@ -204,7 +237,7 @@ async fn send_objects(
         let Some((url, fetched)) = futures_util::StreamExt::next(&mut running).await else {
             return;
         };
-        let frames = match fetched {
+        let frames = match &fetched {
             Some(obj) => {
                 let mut frames = Vec::new();
                 if obj.stylesheet {
@@ -222,27 +255,28 @@ async fn send_objects(
                 frames.push(Frame::ObjectHead {
                     url,
                     status: obj.status,
-                    headers: obj.headers,
+                    headers: obj.headers.clone(),
                 });
-                frames.extend(
-                    obj.body
-                        .chunks(bundle::MAX_FRAME_PAYLOAD)
-                        .map(|c| Frame::ObjectData(c.to_vec())),
-                );
-                frames.push(Frame::ObjectEnd);
                 frames
             }
             None => vec![Frame::ObjectFailed(url)],
         };
         for f in frames {
-            let encoded = match &f {
-                Frame::ObjectData(d) => data(false, d),
-                other => match control(other) {
-                    Some(e) => e,
-                    None => return,
-                },
-            };
+            let Some(encoded) = control(&f) else { return };
             if tx.send(encoded).await.is_err() {
+                return;
+            }
+        }
+        if let Some(obj) = fetched {
+            for chunk in obj.body.chunks(bundle::MAX_FRAME_PAYLOAD) {
+                if tx.send(data(false, chunk)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(end) = control(&Frame::ObjectEnd) else {
+                return;
+            };
+            if tx.send(end).await.is_err() {
                 return;
             }
         }
@@ -279,6 +313,7 @@ async fn fetch_object(
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
     let mut body = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     while let Some(frame) = obj.frame().await {
         let Ok(bytes) = frame.ok()?.into_data() else {
             continue;
@@ -286,12 +321,19 @@ async fn fetch_object(
         if body.len() + bytes.len() > MAX_OBJECT_BYTES {
             return None;
         }
-        // Take the bytes from the bundle's budget before holding them.
+        // Take the bytes from the bundle's budget, and from the exit's, before holding
+        // them (waiting for the exit's: other bundles give theirs back as they are sent).
         budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
                 left.checked_sub(bytes.len())
             })
             .ok()?;
+        let kib = u32::try_from(bytes.len().div_ceil(1024)).ok()?;
+        let more = exit_budget().acquire_many_owned(kib).await.ok()?;
+        match held.as_mut() {
+            Some(h) => h.merge(more),
+            None => held = Some(more),
+        }
         body.extend_from_slice(&bytes);
     }
     Some(Fetched {
@@ -299,6 +341,7 @@ async fn fetch_object(
         headers,
         body,
         stylesheet,
+        _held: held,
     })
 }
 
@@ -371,6 +414,26 @@ impl Held {
 }
 
 impl Held {
+    /// Drops entries until there is room for one more: objects already served first,
+    /// then the oldest of any kind.
+    fn make_room(&mut self) {
+        let victim = self
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| {
+                (
+                    !e.served.load(std::sync::atomic::Ordering::Relaxed),
+                    e.since,
+                )
+            })
+            .map(|(url, _)| url.clone());
+        if let Some(url) = victim {
+            if let Some(e) = self.entries.remove(&url) {
+                self.bytes -= ready_bytes(&e);
+            }
+        }
+    }
+
     /// Drops objects the browser already got, oldest first, until `size` more bytes fit.
     fn evict_served(&mut self, size: usize) {
         let mut served: Vec<(Instant, String)> = self
@@ -422,20 +485,21 @@ impl ObjectCache {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records an announced object; `None` when the cache holds too many entries (the
-    /// object is then not taken from this bundle).
-    fn announce(&self, url: &str) -> Option<Arc<Entry>> {
+    /// Records an announced object. When the cache holds [`MAX_CACHE_ENTRIES`], the
+    /// oldest entries make room (served ones first): an announcement is never dropped,
+    /// since a dropped one would send the browser's request into the crowd.
+    fn announce(&self, url: &str) -> Arc<Entry> {
         let mut held = self.lock();
         let now = Instant::now();
         held.expire(now);
         if let Some(e) = held.entries.get(url) {
             // A failed object announced again (by another page) gets a new chance.
             if !matches!(*e.state.borrow(), State::Failed) {
-                return Some(e.clone());
+                return e.clone();
             }
         }
         if held.entries.len() >= MAX_CACHE_ENTRIES {
-            return None;
+            held.make_room();
         }
         let entry = Arc::new(Entry {
             state: watch::channel(State::Pending).0,
@@ -443,15 +507,30 @@ impl ObjectCache {
             served: Default::default(),
         });
         held.entries.insert(url.to_string(), entry.clone());
-        Some(entry)
+        entry
     }
 
-    /// Stores a received object if it fits; otherwise marks it failed.
-    fn fill(&self, entry: &Entry, object: Object) {
+    /// An object the initiator found in a page but the exit did not announce: a
+    /// collaborator dropped the announcement, or the whole bundle. It is answered with an
+    /// error, like an announced object that did not arrive.
+    fn fail_unannounced(&self, url: &str) -> Arc<Entry> {
+        let entry = self.announce(url);
+        entry.state.send_if_modified(fail_pending);
+        entry
+    }
+
+    /// Stores a received object if it fits and `entry` is still the cache's entry for
+    /// `url` (not expired or evicted meanwhile); otherwise marks it failed.
+    fn fill(&self, url: &str, entry: &Arc<Entry>, object: Object) {
         let mut held = self.lock();
         held.expire(Instant::now());
         let size = object.body.len();
+        let current = held.entries.get(url).is_some_and(|e| Arc::ptr_eq(e, entry));
         let pending = matches!(*entry.state.borrow(), State::Pending);
+        if pending && !current {
+            entry.state.send_replace(State::Failed);
+            return;
+        }
         if pending && held.bytes + size > MAX_CACHE_BYTES {
             held.evict_served(size);
         }
@@ -510,20 +589,58 @@ impl ObjectCache {
 
 /// Unpacks a page bundle from the crowd: the page streams to the browser; objects go to
 /// `cache`. Responses that are not bundles are returned unchanged.
-pub fn unbundle(resp: Response<Body>, cache: Arc<ObjectCache>) -> Response<Body> {
+///
+/// The initiator reads the page itself as it passes, with the exit's own scanner: an
+/// object in it that the exit did not announce before the bytes naming it (a
+/// collaborator dropped the announcement) is answered with an error, never from the crowd.
+pub fn unbundle(resp: Response<Body>, cache: Arc<ObjectCache>, page_url: &Uri) -> Response<Body> {
     if !resp.headers().contains_key(BUNDLE_HEADER) {
         return resp;
     }
+    let scanner = Scanner::new(&page_url.to_string());
     let (mut parts, crowd_body) = resp.into_parts();
     parts.headers.remove(BUNDLE_HEADER);
     if let Some(len) = parts.headers.remove(PAGE_LENGTH_HEADER) {
         parts.headers.insert(header::CONTENT_LENGTH, len);
     }
     let (tx, rx) = mpsc::channel::<FrameResult>(CHANNEL_FRAMES);
-    tokio::spawn(consume(crowd_body, tx, cache));
+    tokio::spawn(consume(crowd_body, tx, cache, scanner));
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     Response::from_parts(parts, StreamBody::new(stream).boxed_unsync())
+}
+
+/// The initiator's side of a response to a request it sent into the crowd: a bundle is
+/// unpacked ([`unbundle`]). A page that came back without one although the request was
+/// a marked navigation (`marked`) was unbundled on the way (every exit bundles pages):
+/// it is passed on, decoded if need be, while the initiator reads it and answers every
+/// object it names with an error, so none of them is requested through the crowd.
+pub fn receive(
+    resp: Response<Body>,
+    cache: Arc<ObjectCache>,
+    page_url: &Uri,
+    marked: bool,
+) -> Response<Body> {
+    if resp.headers().contains_key(BUNDLE_HEADER) {
+        return unbundle(resp, cache, page_url);
+    }
+    if !marked || !must_bundle(&resp) {
+        return resp;
+    }
+    let Some(mut scanner) = Scanner::new(&page_url.to_string()) else {
+        return resp;
+    };
+    tracing::debug!("a page came back without its bundle: its objects are refused");
+    let guarded = crate::active::decode_inspecting(resp, move |bytes: Option<&[u8]>| {
+        let found = match bytes {
+            Some(b) => scanner.feed(b),
+            None => scanner.finish(),
+        };
+        for url in found {
+            cache.fail_unannounced(&url);
+        }
+    });
+    guarded.unwrap_or_else(|| body::crowd_error(crowds_proto::relay::ErrorKind::OriginUnreachable))
 }
 
 /// Marks a pending object failed; a received one stays.
@@ -537,13 +654,19 @@ fn fail_pending(s: &mut State) -> bool {
 }
 
 struct Current {
+    url: String,
     entry: Arc<Entry>,
     status: StatusCode,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Vec<u8>,
 }
 
-async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc<ObjectCache>) {
+async fn consume(
+    mut crowd_body: Body,
+    tx: mpsc::Sender<FrameResult>,
+    cache: Arc<ObjectCache>,
+    mut scanner: Option<Scanner>,
+) {
     let mut decoder = Decoder::new();
     let mut page = Some(tx);
     // This bundle's announcements: only these may be filled or failed by it.
@@ -561,21 +684,36 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
             while let Some(f) = decoder.next_frame()? {
                 match f {
                     Frame::PageData(d) => {
+                        if let Some(sc) = scanner.as_mut() {
+                            for url in sc.feed(&d) {
+                                if !announced.contains_key(&url) {
+                                    cache.fail_unannounced(&url);
+                                }
+                            }
+                        }
                         if let Some(tx) = &page {
                             if tx.send(Ok(BodyFrame::data(Bytes::from(d)))).await.is_err() {
                                 page = None;
                             }
                         }
                     }
-                    Frame::PageEnd => page = None,
+                    Frame::PageEnd => {
+                        if let Some(mut sc) = scanner.take() {
+                            for url in sc.finish() {
+                                if !announced.contains_key(&url) {
+                                    cache.fail_unannounced(&url);
+                                }
+                            }
+                        }
+                        page = None;
+                    }
                     Frame::Announce(url) => {
                         // An exit announces at most what its scanner finds; more is
                         // not taken (the cache must not grow at an exit's will).
                         if announced.len() < MAX_OBJECTS {
                             if let Some(u) = normalize(&url) {
-                                if let Some(e) = cache.announce(&u) {
-                                    announced.insert(u, e);
-                                }
+                                let e = cache.announce(&u);
+                                announced.insert(u, e);
                             }
                         }
                     }
@@ -584,12 +722,14 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
                         status,
                         headers,
                     } => {
-                        let Some(entry) = normalize(&url).and_then(|u| announced.get(&u).cloned())
+                        let Some((url, entry)) = normalize(&url)
+                            .and_then(|u| announced.get(&u).cloned().map(|e| (u, e)))
                         else {
                             current = None;
                             continue;
                         };
                         current = Some(Current {
+                            url,
                             entry,
                             status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
                             headers: headers
@@ -617,6 +757,7 @@ async fn consume(mut crowd_body: Body, tx: mpsc::Sender<FrameResult>, cache: Arc
                     Frame::ObjectEnd => {
                         if let Some(c) = current.take() {
                             cache.fill(
+                                &c.url,
                                 &c.entry,
                                 Object {
                                     status: c.status,
@@ -669,12 +810,12 @@ mod tests {
     #[tokio::test]
     async fn announced_objects_are_answered_here_delivered_or_not() {
         let cache = Arc::new(ObjectCache::new());
-        let entry = cache.announce("http://a.example/x.png").expect("room");
+        let entry = cache.announce("http://a.example/x.png");
         let waiter = {
             let cache = cache.clone();
             tokio::spawn(async move { cache.take("http://a.example/x.png").await })
         };
-        cache.fill(&entry, object(b"png"));
+        cache.fill("http://a.example/x.png", &entry, object(b"png"));
         let Some(Local::Object(resp)) = waiter.await.expect("join") else {
             panic!("not served locally");
         };
@@ -687,7 +828,7 @@ mod tests {
             ),
             "a repeated request is answered here too"
         );
-        let failed = cache.announce("http://a.example/y.css").expect("room");
+        let failed = cache.announce("http://a.example/y.css");
         failed.state.send_if_modified(fail_pending);
         assert!(matches!(
             cache.take("http://a.example/y.css").await,
@@ -702,7 +843,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_object_that_never_comes_times_out_here() {
         let cache = ObjectCache::new();
-        let _entry = cache.announce("http://a.example/slow.js").expect("room");
+        let _entry = cache.announce("http://a.example/slow.js");
         let started = Instant::now();
         assert!(matches!(
             cache.take("http://a.example/slow.js").await,
@@ -718,8 +859,8 @@ mod tests {
         let big: &'static [u8] = Box::leak(vec![0u8; MAX_CACHE_BYTES / 8].into_boxed_slice());
         for round in 0..40 {
             let url = format!("http://a.example/{round}.bin");
-            let entry = cache.announce(&url).expect("room");
-            cache.fill(&entry, object(big));
+            let entry = cache.announce(&url);
+            cache.fill(&url, &entry, object(big));
             assert!(
                 matches!(*entry.state.borrow(), State::Ready(_)),
                 "round {round}: the cache is stuck full"
@@ -737,16 +878,16 @@ mod tests {
     async fn served_objects_make_room_for_new_ones() {
         let cache = ObjectCache::new();
         let big: &'static [u8] = Box::leak(vec![0u8; MAX_CACHE_BYTES / 2].into_boxed_slice());
-        let first = cache.announce("http://a.example/1").expect("room");
-        cache.fill(&first, object(big));
+        let first = cache.announce("http://a.example/1");
+        cache.fill("http://a.example/1", &first, object(big));
         assert!(matches!(
             cache.take("http://a.example/1").await,
             Some(Local::Object(_))
         ));
-        let unserved = cache.announce("http://a.example/2").expect("room");
-        cache.fill(&unserved, object(big));
-        let third = cache.announce("http://a.example/3").expect("room");
-        cache.fill(&third, object(big));
+        let unserved = cache.announce("http://a.example/2");
+        cache.fill("http://a.example/2", &unserved, object(big));
+        let third = cache.announce("http://a.example/3");
+        cache.fill("http://a.example/3", &third, object(big));
         assert!(
             matches!(*third.state.borrow(), State::Ready(_)),
             "the served object made room"
@@ -760,12 +901,100 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn endless_announcements_do_not_grow_the_cache() {
+    async fn endless_announcements_do_not_grow_the_cache_nor_fail_open() {
         let cache = ObjectCache::new();
-        let admitted = (0..MAX_CACHE_ENTRIES * 3)
-            .filter(|i| cache.announce(&format!("http://a.example/{i}")).is_some())
-            .count();
-        assert_eq!(admitted, MAX_CACHE_ENTRIES);
+        for i in 0..MAX_CACHE_ENTRIES * 3 {
+            let _ = cache.announce(&format!("http://a.example/{i}"));
+        }
         assert_eq!(cache.len(), MAX_CACHE_ENTRIES);
+        // The newest announcements are all there: none was dropped.
+        let last = format!("http://a.example/{}", MAX_CACHE_ENTRIES * 3 - 1);
+        assert!(cache.lock().entries.contains_key(&last));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_arriving_after_its_entry_expired_is_not_counted() {
+        let cache = ObjectCache::new();
+        let entry = cache.announce("http://a.example/late");
+        tokio::time::advance(CACHE_TTL * 2).await;
+        let _ = cache.announce("http://a.example/other");
+        cache.fill("http://a.example/late", &entry, object(b"late bytes"));
+        assert_eq!(cache.bytes(), 0, "bytes of an entry no longer held");
+        assert!(matches!(*entry.state.borrow(), State::Failed));
+    }
+
+    #[tokio::test]
+    async fn objects_the_exit_did_not_announce_are_answered_with_an_error() {
+        let cache = ObjectCache::new();
+        let _ = cache.fail_unannounced("http://a.example/dropped.png");
+        assert!(matches!(
+            cache.take("http://a.example/dropped.png").await,
+            Some(Local::Undelivered)
+        ));
+    }
+
+    fn page_uri() -> Uri {
+        "http://site.example/page".parse().expect("uri")
+    }
+
+    #[tokio::test]
+    async fn a_page_stripped_of_its_bundle_gets_its_objects_refused() {
+        let cache = Arc::new(ObjectCache::new());
+        let mut resp = Response::new(body::full("<html><img src=/a.png><img src=b.png></html>"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        let page = receive(resp, cache.clone(), &page_uri(), true);
+        let bytes = page.into_body().collect().await.expect("page").to_bytes();
+        assert!(
+            String::from_utf8_lossy(&bytes).contains("a.png"),
+            "the page is delivered"
+        );
+        for url in ["http://site.example/a.png", "http://site.example/b.png"] {
+            assert!(
+                matches!(cache.take(url).await, Some(Local::Undelivered)),
+                "{url} would have gone into the crowd"
+            );
+        }
+        // A request that was not a marked navigation is left alone.
+        let other = Arc::new(ObjectCache::new());
+        let mut resp = Response::new(body::full("<img src=/c.png>"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        let _ = receive(resp, other.clone(), &page_uri(), false)
+            .into_body()
+            .collect()
+            .await;
+        assert!(other.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_announcement_dropped_on_the_path_still_fails_closed() {
+        let cache = Arc::new(ObjectCache::new());
+        // The exit announced a.png only; b.png's announcement was dropped on the way.
+        let mut wire = Vec::new();
+        wire.extend(
+            Frame::Announce("http://site.example/a.png".into())
+                .encode()
+                .expect("frame"),
+        );
+        wire.extend(bundle::encode_data(
+            true,
+            b"<html><img src=/a.png><img src=/b.png></html>",
+        ));
+        wire.extend(Frame::PageEnd.encode().expect("frame"));
+        let mut resp = Response::new(body::full(wire));
+        resp.headers_mut()
+            .insert(BUNDLE_HEADER, HeaderValue::from_static("1"));
+        let page = receive(resp, cache.clone(), &page_uri(), true);
+        let _ = page.into_body().collect().await;
+        assert!(matches!(
+            cache.take("http://site.example/b.png").await,
+            Some(Local::Undelivered)
+        ));
+        // a.png was announced and never came: refused as well (the bundle ended).
+        assert!(matches!(
+            cache.take("http://site.example/a.png").await,
+            Some(Local::Undelivered)
+        ));
     }
 }

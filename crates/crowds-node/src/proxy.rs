@@ -158,7 +158,9 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         prefetch::mark_navigation(&mut req);
     }
     let objects = node.objects.clone();
-    let resp = prefetch::unbundle(node.clone().initiate(req).await, objects);
+    let marked = prefetch::wants_bundle(&req);
+    let page_url = req.uri().clone();
+    let resp = prefetch::receive(node.clone().initiate(req).await, objects, &page_url, marked);
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         if kind == ErrorKind::NotAdmitted {

@@ -158,8 +158,9 @@ pub fn splice_sniffed<G: Send + 'static>(
 }
 
 /// Reads the client's opening bytes until they are classified, passing the server's
-/// bytes on meanwhile. HTTP once the server has spoken is refused ([`Opening::Http2`]
-/// stands for "close"); an early end of either side is [`Opening::Other`].
+/// bytes on meanwhile. [`Opening::Http2`] stands for "close": cleartext HTTP/2, HTTP once
+/// the server has spoken, or the crowd's side ending first. The client ending first is
+/// [`Opening::Other`] (nothing of it is left to read).
 async fn sniff(
     client: &mut Box<dyn Io>,
     crowd: &mut Box<dyn Io>,
@@ -185,7 +186,10 @@ async fn sniff(
             n = crowd.read(&mut from_server) => {
                 let n = n?;
                 if n == 0 {
-                    return Ok((Opening::Other, prefix));
+                    // The crowd's side ended before the client's opening was read: close,
+                    // rather than pass on whatever the client sends next unread (a
+                    // collaborator could half-close to get a plain request through raw).
+                    return Ok((Opening::Http2, prefix));
                 }
                 client.write_all(&from_server[..n]).await?;
                 server_spoke = true;

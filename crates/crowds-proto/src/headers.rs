@@ -30,9 +30,11 @@
 //! user's identity: `If-None-Match` (an ETag is a cookie when cookies are refused;
 //! Privoxy's `crunch-if-none-match`), `If-Modified-Since` (a unique date works the
 //! same way; Privoxy's `hide-if-modified-since`) and `Authorization` (a name and, with
-//! Basic, a password readable by every jondo on the path). Turn cookie stripping off for
-//! a plain-HTTP site that needs a login. `If-Match`, `If-Unmodified-Since` and `If-Range`
-//! stay: they are sent only with edits and resumed downloads, which need them.
+//! Basic, a password readable by every jondo on the path), and `If-Range` (browsers send
+//! it by themselves with media and resumed downloads, carrying the cached ETag; without
+//! it the server simply sends the whole object). Turn cookie stripping off for a
+//! plain-HTTP site that needs a login. `If-Match` and `If-Unmodified-Since` stay: they
+//! are sent only with edits, which need them.
 //!
 //! `Origin`: kept when it is the request's own origin (it tells the server nothing
 //! new), and `null`; removed when it names another site (it is then a Referer by
@@ -247,6 +249,7 @@ pub fn sanitize_request(headers: &mut HeaderMap, rules: Hygiene) {
             header::COOKIE,
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
+            header::IF_RANGE,
             header::AUTHORIZATION,
         ] {
             headers.remove(name);
@@ -351,7 +354,7 @@ mod tests {
         sanitize_request(&mut h, Hygiene::default());
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["if-range", "user-agent"]);
+        assert_eq!(names, ["user-agent"]);
         let mut kept = map(&pairs);
         sanitize_request(&mut kept, Hygiene::SAFETY_NET);
         assert_eq!(kept.len(), 5, "the safety net leaves them: {kept:?}");

@@ -287,6 +287,15 @@ async fn ask_jondo(control: SocketAddr) -> Result<JondoInfo> {
         .map_err(unreachable)?;
     let proxy = proxy_from_pac(&String::from_utf8_lossy(&pac))
         .map_err(|e| anyhow!("your jondo's /proxy.pac at {control}: {e}"))?;
+    // Whatever answers on the control port names the proxy: it must be on this machine
+    // (or on the host the user named), never a stranger's proxy elsewhere.
+    if !proxy.ip().is_loopback() && proxy.ip() != control.ip() {
+        bail!(
+            "the jondo at {control} names a proxy at {proxy}, which is neither on this \
+             machine's loopback nor at {}; refusing to send the browser there",
+            control.ip()
+        );
+    }
     tokio::time::timeout(CONTROL_TIMEOUT, tokio::net::TcpStream::connect(proxy))
         .await
         .map_err(|_| anyhow!("timed out"))
@@ -421,11 +430,15 @@ impl Drop for Scratch {
 
 /// Creates a directory (and its parents) readable by its owner only.
 fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .with_context(|| format!("cannot create {}", path.display()))
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // An existing directory (--profile) keeps the mode it had: make it private too.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", path.display()))
 }
 
 /// Refuses to replace a `user.js` the launcher did not write: a `--profile` pointed at
@@ -579,6 +592,13 @@ pub fn run(args: BrowserArgs) -> Result<()> {
 }
 
 async fn launch(mut args: BrowserArgs) -> Result<()> {
+    if let Some(url) = &args.url {
+        // The URL is the browser's last argument: one that looks like a switch
+        // (`--proxy-server=direct://`) would change how the browser connects.
+        if url.starts_with('-') {
+            bail!("{url:?} is not a URL");
+        }
+    }
     let jondo = ask_jondo(args.jondo_control).await?;
     let (kind, program) = find_browser(args.browser, args.browser_binary.as_deref())?;
     if let Some(file) = &args.screenshot {
