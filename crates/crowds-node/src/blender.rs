@@ -1039,8 +1039,14 @@ fn delta_to(crowd: &Crowd, current: &Published, base: (u64, u64)) -> Option<Arc<
 }
 
 fn too_many(message: &str, retry_after_ms: u64) -> Response<Body> {
+    retry_later(StatusCode::TOO_MANY_REQUESTS, message, retry_after_ms)
+}
+
+/// An answer that says when to try again, in the body (`retry_after_ms`, which jondos
+/// read) and in `Retry-After` (whole seconds, for everyone else).
+fn retry_later(status: StatusCode, message: &str, retry_after_ms: u64) -> Response<Body> {
     let mut resp = body::json(
-        StatusCode::TOO_MANY_REQUESTS,
+        status,
         &serde_json::json!({ "error": message, "retry_after_ms": retry_after_ms }),
     );
     resp.headers_mut().insert(
@@ -1100,18 +1106,11 @@ async fn join(
     // A place among the password checks next: beyond the pool and its queue a join is
     // refused at once, before anything is counted against the account.
     let Some(ticket) = state.checks.try_admit() else {
-        let mut resp = body::json(
+        return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({
-                "error": "too many logins are being checked; try again shortly",
-                "retry_after_ms": BUSY_RETRY_AFTER_MS,
-            }),
+            "too many logins are being checked; try again shortly",
+            BUSY_RETRY_AFTER_MS,
         );
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(BUSY_RETRY_AFTER_MS.div_ceil(1000)),
-        );
-        return resp;
     };
     // Password guessing is slowed per account and per source address. The attempt is
     // counted against the account before it is checked (a success clears it), so that
@@ -1263,18 +1262,10 @@ async fn join(
         JoinOutcome::TooSoon { retry_after_ms } => {
             state.stats.joins_too_soon.fetch_add(1, Ordering::Relaxed);
             tracing::info!(member = id, "join refused: admitted too recently");
-            let mut resp = body::json(
-                StatusCode::TOO_MANY_REQUESTS,
-                &serde_json::json!({
-                    "error": "this account joined too recently; the crowd limits how often an account may join",
-                    "retry_after_ms": retry_after_ms,
-                }),
+            return too_many(
+                "this account joined too recently; the crowd limits how often an account may join",
+                retry_after_ms,
             );
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_ms.div_ceil(1000)),
-            );
-            return resp;
         }
     };
     state.note_member(client, source);

@@ -35,15 +35,22 @@ where
         let node = node.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(node, req).await) }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let _ = client_connection()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+}
+
+/// How a client connection is served: head size and time limits, keep-alive.
+fn client_connection() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_header_size(MAX_HEAD_BYTES)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await;
+        .keep_alive(true);
+    builder
 }
 
 fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
@@ -104,12 +111,7 @@ where
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_header_size(MAX_HEAD_BYTES)
-        .keep_alive(true)
+    let _ = client_connection()
         .serve_connection(TokioIo::new(stream), service)
         .await;
 }
