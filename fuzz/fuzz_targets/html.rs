@@ -9,7 +9,8 @@
 #![no_main]
 
 use crowds_proto::bundle::MAX_URL;
-use crowds_proto::css::{css_urls, stylesheet_urls};
+use crowds_proto::css::css_urls;
+use crowds_proto::html::stylesheet_urls;
 use crowds_proto::html::{normalize, ActiveFilter, Scanner, MAX_OBJECTS};
 use libfuzzer_sys::fuzz_target;
 

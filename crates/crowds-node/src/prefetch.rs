@@ -242,7 +242,7 @@ async fn send_objects(
                 let mut frames = Vec::new();
                 if obj.stylesheet {
                     let css = String::from_utf8_lossy(&obj.body);
-                    for found in crowds_proto::css::stylesheet_urls(&css, &url) {
+                    for found in crowds_proto::html::stylesheet_urls(&css, &url) {
                         if seen.len() >= MAX_OBJECTS {
                             break;
                         }

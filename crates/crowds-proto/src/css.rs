@@ -9,11 +9,9 @@
 //! losing `@media` branch): announcing an object the browser then does not ask for
 //! costs the exit one fetch, never the user's anonymity.
 //!
-//! [`stylesheet_urls`] resolves those references the way the exit announces objects
-//! (see [`crate::html`]). Only one level is followed: what an imported stylesheet in
+//! [`crate::html::stylesheet_urls`] resolves those references the way the exit announces
+//! objects. Only one level is followed: what an imported stylesheet in
 //! turn refers to needs that stylesheet fetched and scanned in its turn.
-
-use crate::html::{resolve, MAX_OBJECTS};
 
 /// The raw references in a piece of CSS (a stylesheet, a `<style>` element's text or a
 /// `style` attribute), in order, as written (unresolved, duplicates kept).
@@ -23,30 +21,6 @@ use crate::html::{resolve, MAX_OBJECTS};
 /// fetch either. Never panics, whatever the input; linear time.
 pub fn css_urls(css: &str) -> Vec<String> {
     references(css, true)
-}
-
-/// The objects a fetched stylesheet at `base` (the stylesheet's own URL, against which
-/// its relative references resolve) makes the browser fetch: absolute, normalised
-/// `http://` URLs as [`crate::html::normalize`] gives them, without duplicates, at most
-/// [`MAX_OBJECTS`], each at most [`crate::bundle::MAX_URL`] bytes. `https://` and other
-/// schemes are left out (jondos cannot fetch inside TLS). Empty if `base` is not an
-/// absolute URL.
-pub fn stylesheet_urls(css: &str, base: &str) -> Vec<String> {
-    let Ok(base) = url::Url::parse(base) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = Vec::new();
-    for raw in css_urls(css) {
-        if out.len() >= MAX_OBJECTS {
-            break;
-        }
-        if let Some(url) = resolve(&base, &raw) {
-            if !out.contains(&url) {
-                out.push(url);
-            }
-        }
-    }
-    out
 }
 
 /// The references in `css`. With `complete` false the text was cut short, and a string
@@ -427,36 +401,11 @@ mod tests {
         assert_eq!(references("a{b:url(x.png)}", false), ["x.png"]);
     }
 
-    #[test]
-    fn stylesheet_urls_resolve_against_the_stylesheet() {
-        let css = "@import url(/base.css); a{background:url(../img/a.png)} \
-                   b{background:url(https://secure.example/x.png)} \
-                   c{background:url(http://cdn.example:80/y.png#frag)} \
-                   d{background:url(../img/a.png)} e{background:url(javascript:x)}";
-        assert_eq!(
-            stylesheet_urls(css, "http://site.example/css/main.css"),
-            [
-                "http://site.example/base.css",
-                "http://site.example/img/a.png",
-                "http://cdn.example/y.png",
-            ]
-        );
-        assert!(stylesheet_urls(css, "not a url").is_empty());
-        let many: String = (0..MAX_OBJECTS + 10)
-            .map(|i| format!("a{{b:url(/{i}.png)}}"))
-            .collect();
-        assert_eq!(
-            stylesheet_urls(&many, "http://site.example/").len(),
-            MAX_OBJECTS
-        );
-    }
-
     proptest::proptest! {
         #[test]
         fn css_urls_never_panics(css in "\\PC*") {
             let _ = css_urls(&css);
             let _ = references(&css, false);
-            let _ = stylesheet_urls(&css, "http://site.example/s.css");
         }
 
         #[test]

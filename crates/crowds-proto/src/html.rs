@@ -29,7 +29,7 @@
 //! anything a script asks for (`fetch`, XHR, lazy-loading libraries that move `data-src`
 //! into `src`, dynamically inserted elements, workers), what the page's stylesheets and
 //! frames refer to in turn (CSS beyond the page's own `<style>` and `style`, one level;
-//! the exit may scan fetched stylesheets with [`crate::css::stylesheet_urls`]),
+//! the exit may scan fetched stylesheets with [`stylesheet_urls`]),
 //! `<iframe srcdoc>`, SVG references (`<image href>`, `<use href>`), and what a browser
 //! decides at run time (which srcset candidate, media queries, which `<video>` source).
 //!
@@ -689,6 +689,30 @@ impl Scanner {
     }
 }
 
+/// The objects a fetched stylesheet at `base` (the stylesheet's own URL, against which
+/// its relative references resolve) makes the browser fetch: absolute, normalised
+/// `http://` URLs as [`normalize`] gives them, without duplicates, at most
+/// [`MAX_OBJECTS`], each at most [`crate::bundle::MAX_URL`] bytes. `https://` and other
+/// schemes are left out (jondos cannot fetch inside TLS). Empty if `base` is not an
+/// absolute URL.
+pub fn stylesheet_urls(css: &str, base: &str) -> Vec<String> {
+    let Ok(base) = url::Url::parse(base) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for raw in crate::css::css_urls(css) {
+        if out.len() >= MAX_OBJECTS {
+            break;
+        }
+        if let Some(url) = resolve(&base, &raw) {
+            if !out.contains(&url) {
+                out.push(url);
+            }
+        }
+    }
+    out
+}
+
 /// Why a page could not be filtered (it is then not delivered at all).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the page could not be filtered: {0}")]
@@ -1205,5 +1229,29 @@ mod tests {
             assert!(text.contains(kept), "{kept} lost: {text}");
         }
         assert!(f.write(b"x").is_err(), "ended filters refuse input");
+    }
+
+    #[test]
+    fn stylesheet_urls_resolve_against_the_stylesheet() {
+        let css = "@import url(/base.css); a{background:url(../img/a.png)} \
+                   b{background:url(https://secure.example/x.png)} \
+                   c{background:url(http://cdn.example:80/y.png#frag)} \
+                   d{background:url(../img/a.png)} e{background:url(javascript:x)}";
+        assert_eq!(
+            stylesheet_urls(css, "http://site.example/css/main.css"),
+            [
+                "http://site.example/base.css",
+                "http://site.example/img/a.png",
+                "http://cdn.example/y.png",
+            ]
+        );
+        assert!(stylesheet_urls(css, "not a url").is_empty());
+        let many: String = (0..MAX_OBJECTS + 10)
+            .map(|i| format!("a{{b:url(/{i}.png)}}"))
+            .collect();
+        assert_eq!(
+            stylesheet_urls(&many, "http://site.example/").len(),
+            MAX_OBJECTS
+        );
     }
 }

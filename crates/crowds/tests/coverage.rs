@@ -29,7 +29,7 @@
 //! The initiator's `initiated` counter checks the method: it may not exceed the page,
 //! plus its requests not answered locally, plus Chromium's own requests. The reasons
 //! for the others come from running the exit's [`Scanner`] over the served page (and
-//! [`crowds_proto::css::stylesheet_urls`] over the stylesheets it names): the first
+//! [`crowds_proto::html::stylesheet_urls`] over the stylesheets it names): the first
 //! request for an announced URL is answered locally; a request for a URL announced
 //! before is "asked again" (the initiator serves an object once); the rest were
 //! written in the page where the scanner does not look, or built by a script.
@@ -488,7 +488,7 @@ async fn load_page(
     let mut in_css = 0;
     for url in &in_html {
         if kind_of(url_path(url)) == Kind::Stylesheet {
-            for found in crowds_proto::css::stylesheet_urls(CSS, url) {
+            for found in crowds_proto::html::stylesheet_urls(CSS, url) {
                 in_css += usize::from(announced.insert(found));
             }
         }
