@@ -3,7 +3,7 @@
 //! hyper parses the head in production (fuzzing hyper is out of scope); here `httparse`
 //! (the parser hyper's HTTP/1 server uses) stands in for it. A head that parses into a
 //! method, a target and headers becomes an `http::Request` (invalid parts skipped), and
-//! then gets what `crowds_node::proxy` does to it: `relay::request_target` on its method
+//! then gets what `crowds_jondo::proxy` does to it: `relay::request_target` on its method
 //! and URI, and `headers::sanitize_request`, with its hygiene invariants asserted.
 #![no_main]
 

@@ -477,7 +477,7 @@ async fn read_blob(resp: Response<Incoming>) -> Result<u64> {
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             if let Some(first) = data.first() {
-                if *first != crowds_node::site::blob_byte(offset) {
+                if *first != crowds_demo::site::blob_byte(offset) {
                     bail!("wrong byte at offset {offset}");
                 }
             }

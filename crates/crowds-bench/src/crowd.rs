@@ -1,16 +1,16 @@
 //! Crowds for the benchmark: a blender plus jondos, in this process or one process each.
 //!
-//! Follows `crowds_node::demo` (accounts made up on the spot in a temporary directory,
+//! Follows `crowds_demo::demo` (accounts made up on the spot in a temporary directory,
 //! jondos on 127.0.0.x, every exit allowed to reach the loopback origin) with settings
 //! of our own: crowd size, pf, a short join interval. Exact path lengths come from the
 //! `bench` feature of crowds-node: `CROWDS_BENCH_PATH_LENGTH=k` in the environment of the
 //! process hosting the initiator.
 
 use anyhow::{anyhow, bail, Context, Result};
-use crowds_node::blender::{self, BlenderConfig, RunningBlender};
-use crowds_node::jondo::{self, JondoConfig, RunningJondo};
-use crowds_node::safelog::Secret;
-use crowds_node::store::Store;
+use crowds_blender::store::Store;
+use crowds_blender::{self as blender, BlenderConfig, RunningBlender};
+use crowds_jondo::jondo::{self, JondoConfig, RunningJondo};
+use crowds_net::safelog::Secret;
 use crowds_proto::identity::PublicKey;
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,6 +1,6 @@
 //! `crowds-bench`: Crowds measured side by side with the physical limit and real proxies.
 //!
-//! One run on this machine measures, against the same local origin (`crowds_node::site`
+//! One run on this machine measures, against the same local origin (`crowds_demo::site`
 //! on 127.0.0.1):
 //!
 //! 1. the limit: chains of k plain TCP relays and of k TLS relays;
@@ -574,7 +574,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut origins = Vec::new();
     for _ in 0..s.origins {
         let site =
-            crowds_node::site::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
+            crowds_demo::site::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
                 .await?;
         origins.push(site.addr);
     }
@@ -1147,7 +1147,7 @@ async fn memory(
     let stop = CancellationToken::new();
     let sampler = sample_peaks(pids.clone(), stop.clone());
     let (open, failed, first_error) =
-        client::open_stalled(&targets, s.streams, crowds_node::site::MAX_BLOB).await;
+        client::open_stalled(&targets, s.streams, crowds_demo::site::MAX_BLOB).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let peaks = sampler.await?;
@@ -1217,7 +1217,7 @@ mod tests {
     async fn relay_chains_reach_the_origin() {
         let shutdown = CancellationToken::new();
         let site =
-            crowds_node::site::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
+            crowds_demo::site::start(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
                 .await
                 .expect("origin");
         for (kind, base) in [(relays::Kind::Tcp, 11u8), (relays::Kind::Tls, 12u8)] {

@@ -45,7 +45,7 @@ where
 }
 
 /// A current-thread runtime: what a one-task relay runs best on, and what
-/// `crowds jondo` runs on by default ([`crowds_node::jondo::runtime`] with one thread).
+/// `crowds jondo` runs on by default ([`crowds_jondo::jondo::runtime`] with one thread).
 pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

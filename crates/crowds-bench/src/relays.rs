@@ -5,7 +5,7 @@
 //! A TCP chain is plain TCP throughout. A TLS chain has the shape of a crowd path of k
 //! jondos: the client reaches the first relay over plain TCP (as a browser reaches its
 //! own jondo), relay i talks to relay i+1 over TLS 1.3 with raw Ed25519 keys (the
-//! crowd's link configuration from `crowds_node::tls`; each relay terminates TLS and
+//! crowd's link configuration from `crowds_net::tls`; each relay terminates TLS and
 //! originates a new session), and the last relay reaches the origin over plain TCP. So
 //! k relays have k-1 TLS links, exactly as a path of k jondos has k-1 crowd links.
 
@@ -55,9 +55,7 @@ async fn dial(out: &Outbound) -> Result<Box<dyn Io>> {
         Outbound::Tls(addr, connector) => {
             let s = TcpStream::connect(addr).await?;
             s.set_nodelay(true)?;
-            let tls = connector
-                .connect(crowds_node::tls::server_name(), s)
-                .await?;
+            let tls = connector.connect(crowds_net::tls::server_name(), s).await?;
             Ok(Box::new(tls))
         }
     }
@@ -123,7 +121,7 @@ pub async fn start_chain(
     let mut entry = origin;
     for i in (0..k).rev() {
         let inbound = if kind == Kind::Tls && i > 0 {
-            let config = crowds_node::tls::server_config(&keys[i], Arc::new(|_| true))?;
+            let config = crowds_net::tls::server_config(&keys[i], Arc::new(|_| true))?;
             Inbound::Tls(TlsAcceptor::from(Arc::new(config)))
         } else {
             Inbound::Plain
@@ -142,7 +140,7 @@ pub async fn start_chain(
         next = match inbound {
             Inbound::Plain => Outbound::Plain(entry),
             Inbound::Tls(_) => {
-                let client = crowds_node::tls::client_config(&keys[i - 1], keys[i].public())?;
+                let client = crowds_net::tls::client_config(&keys[i - 1], keys[i].public())?;
                 Outbound::Tls(entry, TlsConnector::from(Arc::new(client)))
             }
         };

@@ -4,11 +4,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use crowds_node::blender::{self, BlenderConfig};
-use crowds_node::demo::{self, DemoConfig};
-use crowds_node::files;
-use crowds_node::jondo::{self, JondoConfig};
-use crowds_node::store::Store;
+use crowds_blender::store::Store;
+use crowds_blender::{self as blender, BlenderConfig};
+use crowds_demo::demo::{self, DemoConfig};
+use crowds_jondo::jondo::{self, JondoConfig};
+use crowds_net::files;
 use serde::Deserialize;
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -112,7 +112,7 @@ enum AccountCommand {
         store: StoreArgs,
         /// The named crowd this account joins (the blender must serve it: --crowd on
         /// `crowds blender`).
-        #[arg(long, default_value = crowds_node::store::DEFAULT_CROWD)]
+        #[arg(long, default_value = crowds_blender::store::DEFAULT_CROWD)]
         crowd: String,
         /// Account name: letters, digits, '.', '_' or '-'.
         name: String,
@@ -148,7 +148,7 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn database(&self) -> Result<Option<crowds_node::store::DatabaseConfig>> {
+    fn database(&self) -> Result<Option<crowds_blender::store::DatabaseConfig>> {
         let Some(url) = &self.database else {
             return Ok(None);
         };
@@ -158,7 +158,7 @@ impl StoreArgs {
             .map(files::read_password_file)
             .transpose()?
             .map(std::sync::Arc::new);
-        Ok(Some(crowds_node::store::DatabaseConfig {
+        Ok(Some(crowds_blender::store::DatabaseConfig {
             url: url.clone(),
             password,
         }))
@@ -425,7 +425,7 @@ pub fn init_logging(cli: &Cli) {
         LogFormat::Json => builder.json().init(),
     }
     if cli.global.unsafe_logging {
-        crowds_node::safelog::set_unsafe_logging(true);
+        crowds_net::safelog::set_unsafe_logging(true);
         tracing::warn!(
             "UNSAFE LOGGING IS ON: destinations will appear in this log. This log is now a record \
              of where people browse; turn it off unless you are debugging your own traffic."
@@ -471,7 +471,7 @@ fn parse_crowd(text: &str) -> Result<(String, f64), String> {
     let (name, pf) = text
         .split_once('=')
         .ok_or("expected NAME=PF, e.g. slow=0.6")?;
-    if !crowds_node::store::valid_name(name) || name == crowds_node::store::DEFAULT_CROWD {
+    if !crowds_blender::store::valid_name(name) || name == crowds_blender::store::DEFAULT_CROWD {
         return Err(format!(
             "invalid crowd name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-' (not \"default\")"
         ));

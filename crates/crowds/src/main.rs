@@ -1,5 +1,5 @@
 //! `crowds`: the command line. Parses arguments and config files, sets up logging,
-//! and hands over to [`crowds_node`]. No protocol logic lives here.
+//! and hands over to the daemon crates ([`crowds_jondo`], [`crowds_blender`], [`crowds_demo`]). No protocol logic lives here.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -17,19 +17,19 @@ fn main() -> ExitCode {
     cli::init_logging(&args);
     // Daemons hold many connections; the common soft limit of 1,024 open files is less
     // than their listeners' caps together. (A failure here leaves the limit as it was.)
-    match crowds_node::net::raise_open_files_limit() {
+    match crowds_net::net::raise_open_files_limit() {
         Ok((before, after)) if after > before => {
             tracing::debug!("open files limit raised from {before} to {after}")
         }
         Ok(_) => {}
         Err(e) => tracing::debug!("cannot raise the open files limit: {e}"),
     }
-    if let Ok((limit, _)) = crowds_node::net::open_files_limit() {
-        if limit < crowds_node::net::OPEN_FILES_WANTED {
+    if let Ok((limit, _)) = crowds_net::net::open_files_limit() {
+        if limit < crowds_net::net::OPEN_FILES_WANTED {
             tracing::warn!(
                 "the open files limit is {limit}: under load this daemon may run out of \
                  connections (raise it to at least {}, e.g. LimitNOFILE= in its unit)",
-                crowds_node::net::OPEN_FILES_WANTED
+                crowds_net::net::OPEN_FILES_WANTED
             );
         }
     }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use crowds_node::blender_client::BlenderClient;
-use crowds_node::NodeError;
+use crowds_jondo::blender_client::BlenderClient;
+use crowds_net::NodeError;
 use crowds_proto::identity::PublicKey;
 use crowds_proto::relay::{ERROR_HEADER, PATH_HEADER};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -86,12 +86,12 @@ async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
     // The flooder's own key lets it pass the victim's TLS check, as any member could.
     let key = flooder.identity();
     let victim_key: PublicKey = victim.identity().public();
-    let config = crowds_node::tls::client_config(&key, victim_key).expect("tls config");
+    let config = crowds_net::tls::client_config(&key, victim_key).expect("tls config");
     let tcp = tokio::net::TcpStream::connect(victim.peer)
         .await
         .expect("connect");
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(crowds_node::tls::server_name(), tcp)
+        .connect(crowds_net::tls::server_name(), tcp)
         .await
         .expect("a member's handshake succeeds");
     let (sender, conn) =
@@ -187,7 +187,7 @@ async fn password_guessing_is_slowed_and_logged_without_secrets() {
     let secret = "the correct horse battery";
     account_add(&blender_dir, "victim-account", secret);
     let (blender, addr, pub_path) = start_blender(&blender_dir, &logs, &[]).await;
-    let blender_key = crowds_node::files::read_public_key(&pub_path).expect("key");
+    let blender_key = crowds_net::files::read_public_key(&pub_path).expect("key");
     let me = crowds_proto::identity::SecretKey::generate().expect("key");
     let client = BlenderClient::new(vec![addr.to_string()], &me, blender_key).expect("client");
     let peer: SocketAddr = "127.0.0.77:9".parse().expect("addr");

@@ -81,7 +81,7 @@ impl Api {
     fn of(crowd: &Crowd) -> Api {
         Api {
             addr: crowd.blender_addr,
-            key: crowds_node::files::read_public_key(&crowd.blender_pub).expect("blender key"),
+            key: crowds_net::files::read_public_key(&crowd.blender_pub).expect("blender key"),
         }
     }
 }
@@ -109,9 +109,9 @@ async fn tls_from(api: Api, identity: &SecretKey, source: Ipv4Addr) -> Result<Tl
     let tcp = tcp_from(source, api.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let config = crowds_node::tls::client_config(identity, api.key).map_err(|e| e.to_string())?;
+    let config = crowds_net::tls::client_config(identity, api.key).map_err(|e| e.to_string())?;
     TlsConnector::from(Arc::new(config))
-        .connect(crowds_node::tls::server_name(), tcp)
+        .connect(crowds_net::tls::server_name(), tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))
 }
@@ -231,12 +231,12 @@ async fn spawn_blender(dir: &Path, args: &[&str]) -> (Proc, Api, SocketAddr) {
                 panic!("the blender exited ({s}):\n{stderr}");
             }
             status_of(control).await?;
-            let key = crowds_node::files::read_public_key(&pub_path).map_err(|e| e.to_string())?;
+            let key = crowds_net::files::read_public_key(&pub_path).map_err(|e| e.to_string())?;
             Ok(key)
         }
     })
     .await;
-    let key = crowds_node::files::read_public_key(&pub_path).expect("blender key");
+    let key = crowds_net::files::read_public_key(&pub_path).expect("blender key");
     (blender, Api { addr, key }, control)
 }
 

@@ -28,7 +28,7 @@ mod postgres;
 
 use bytes::Bytes;
 use common::*;
-use crowds_node::store::{DatabaseConfig, Store};
+use crowds_blender::store::{DatabaseConfig, Store};
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::identity::{PublicKey, SecretKey};
 use http_body_util::{BodyExt, Full};
@@ -174,7 +174,7 @@ impl Sim {
             let _ = tcp.set_nodelay(true);
             let tls = self
                 .tls
-                .connect(crowds_node::tls::server_name(), tcp)
+                .connect(crowds_net::tls::server_name(), tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -640,7 +640,7 @@ async fn run_load(backend: &'static str, dir: &Path, postgres: Option<(String, &
     }
     let (mut blender, pub_path) =
         start_blender_at("blender", addr, &blender_dir, &logs, &extra).await;
-    let blender_key = crowds_node::files::read_public_key(&pub_path).expect("blender key");
+    let blender_key = crowds_net::files::read_public_key(&pub_path).expect("blender key");
     let cpu = CpuMeter::new(
         blender.pid().expect("blender pid"),
         postgres.as_ref().map(|(_, d)| *d),
@@ -653,7 +653,7 @@ async fn run_load(backend: &'static str, dir: &Path, postgres: Option<(String, &
             .map(|i| {
                 let key = SecretKey::generate().expect("identity key");
                 let config =
-                    crowds_node::tls::client_config(&key, blender_key).expect("TLS configuration");
+                    crowds_net::tls::client_config(&key, blender_key).expect("TLS configuration");
                 Sim {
                     account: account_name(i),
                     password: password(i),

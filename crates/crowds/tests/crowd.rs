@@ -532,14 +532,14 @@ impl std::fmt::Debug for Attempt {
 }
 
 async fn tls_attempt(addr: SocketAddr, client: &SecretKey, server: PublicKey) -> Attempt {
-    let config = crowds_node::tls::client_config(client, server).expect("client config");
+    let config = crowds_net::tls::client_config(client, server).expect("client config");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("TCP connect to the peer port");
     let handshake = tokio::time::timeout(
         Duration::from_secs(15),
-        connector.connect(crowds_node::tls::server_name(), tcp),
+        connector.connect(crowds_net::tls::server_name(), tcp),
     )
     .await
     .expect("the handshake ends in time");
@@ -574,7 +574,7 @@ async fn peer_port_refuses_strangers(crowd: &mut Crowd, origin: &Origin) {
     eprintln!("stranger: {a:?}");
     // The blender's own key is not a member key either.
     let blender_key =
-        crowds_node::files::load_or_create_identity(&crowd.blender_dir).expect("blender key");
+        crowds_net::files::load_or_create_identity(&crowd.blender_dir).expect("blender key");
     let a = tls_attempt(target.peer, &blender_key, target_key).await;
     assert!(
         !matches!(a, Attempt::Open(_)),

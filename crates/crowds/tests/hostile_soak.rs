@@ -94,12 +94,12 @@ async fn wrong_join(
     account: &str,
 ) -> Option<StatusCode> {
     let me = SecretKey::generate().ok()?;
-    let config = crowds_node::tls::client_config(&me, blender_key).ok()?;
+    let config = crowds_net::tls::client_config(&me, blender_key).ok()?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let run = async {
         let tcp = connect_from(from, blender).await.ok()?;
         let tls = connector
-            .connect(crowds_node::tls::server_name(), tcp)
+            .connect(crowds_net::tls::server_name(), tcp)
             .await
             .ok()?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -143,7 +143,7 @@ struct Tally {
 async fn every_cheap_attack_at_once_while_members_browse() {
     let origin = Origin::start().await;
     let crowd = start_crowd(N, true, &[]).await;
-    let blender_key = crowds_node::files::read_public_key(&crowd.blender_pub).expect("blender key");
+    let blender_key = crowds_net::files::read_public_key(&crowd.blender_pub).expect("blender key");
     let initial = status_of(crowd.jondos[0].control).await.expect("status");
     let epoch = initial["epoch"].as_u64().expect("epoch");
     let stop = Arc::new(AtomicBool::new(false));
@@ -204,14 +204,14 @@ async fn every_cheap_attack_at_once_while_members_browse() {
         attacks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let stranger = SecretKey::generate().expect("key");
-                let config = crowds_node::tls::client_config(&stranger, key).expect("config");
+                let config = crowds_net::tls::client_config(&stranger, key).expect("config");
                 let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
                 if let Ok(Ok(tcp)) =
                     tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer)).await
                 {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
-                        connector.connect(crowds_node::tls::server_name(), tcp),
+                        connector.connect(crowds_net::tls::server_name(), tcp),
                     )
                     .await;
                     tally.handshakes.fetch_add(1, Ordering::Relaxed);

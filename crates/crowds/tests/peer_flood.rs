@@ -58,14 +58,14 @@ async fn handshake(
     server: &SecretKey,
     addr: SocketAddr,
 ) -> Result<(), String> {
-    let config = crowds_node::tls::client_config(identity, server.public())
+    let config = crowds_net::tls::client_config(identity, server.public())
         .map_err(|e| format!("client config: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     connector
-        .connect(crowds_node::tls::server_name(), tcp)
+        .connect(crowds_net::tls::server_name(), tcp)
         .await
         .map(drop)
         .map_err(|e| format!("handshake: {e}"))

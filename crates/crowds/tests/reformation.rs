@@ -149,10 +149,10 @@ async fn links_made_with_an_old_key_close_when_the_key_changes() {
     let victim = &crowd.jondos[0];
     let old_key = crowd.jondos[1].identity();
     let victim_key: PublicKey = victim.identity().public();
-    let config = crowds_node::tls::client_config(&old_key, victim_key).expect("tls config");
+    let config = crowds_net::tls::client_config(&old_key, victim_key).expect("tls config");
     let tcp = TcpStream::connect(victim.peer).await.expect("connect");
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config.clone()))
-        .connect(crowds_node::tls::server_name(), tcp)
+        .connect(crowds_net::tls::server_name(), tcp)
         .await
         .expect("the member's handshake succeeds");
     let (mut sender, conn) =
@@ -226,7 +226,7 @@ async fn links_made_with_an_old_key_close_when_the_key_changes() {
         .await
         .expect("connect");
     let refused = match tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(crowds_node::tls::server_name(), tcp)
+        .connect(crowds_net::tls::server_name(), tcp)
         .await
     {
         Err(_) => true,
@@ -320,7 +320,7 @@ async fn a_newcomer_is_told_when_it_will_be_admitted() {
         },
     )
     .await;
-    let now = crowds_node::net::now_ms();
+    let now = crowds_net::net::now_ms();
     let hour = 3_600_000;
     assert!(
         expected > now && expected <= now + hour,

@@ -12,8 +12,8 @@ mod common;
 mod postgres;
 
 use common::*;
-use crowds_node::blender_client::BlenderClient;
-use crowds_node::store::{DatabaseConfig, Store};
+use crowds_blender::store::{DatabaseConfig, Store};
+use crowds_jondo::blender_client::BlenderClient;
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::identity::{PublicKey, SecretKey};
 use http::{Method, StatusCode};
@@ -218,7 +218,7 @@ async fn jondos_fail_over_between_blenders_sharing_one_database() {
     // The first start creates the signing key; the second blender uses the same one.
     let (mut blender_a, key_path, _) = shared.blender("blender-a", a).await;
     let (_blender_b, _, control_b) = shared.blender("blender-b", b).await;
-    let key = crowds_node::files::read_public_key(&key_path).expect("key");
+    let key = crowds_net::files::read_public_key(&key_path).expect("key");
     let mut jondos: Vec<Jondo> = (0..3)
         .map(|i| spawn_member(&shared, i, &[a, b], &key_path))
         .collect();
@@ -315,7 +315,7 @@ async fn simultaneous_joins_through_two_blenders_give_one_sequence_of_epochs() {
     // a short one, and a member dropped while pending would (rightly) get a 403.
     let (_blender_a, key_path, _) = shared.blender_with("blender-a", a, "60s").await;
     let (_blender_b, _, _) = shared.blender_with("blender-b", b, "60s").await;
-    let key = crowds_node::files::read_public_key(&key_path).expect("key");
+    let key = crowds_net::files::read_public_key(&key_path).expect("key");
     with_store(&shared.url, &shared.blender_dir, |store| {
         let cheap = argon2::Params::new(8, 1, 1, None).expect("params");
         for i in 0..MEMBERS {
@@ -434,7 +434,7 @@ async fn named_crowds_are_separate() {
         &["--crowd", "slow=0.6"],
     )
     .await;
-    let key = crowds_node::files::read_public_key(&key_path).expect("key");
+    let key = crowds_net::files::read_public_key(&key_path).expect("key");
     let client = |_: usize| {
         BlenderClient::new(
             vec![addr.to_string()],

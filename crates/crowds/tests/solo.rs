@@ -48,9 +48,9 @@ async fn a_lone_member_is_its_own_exit_and_enforces_the_head_limit() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-big"), [big.as_str()]);
 
-    // A request head over the proxy's limit (crowds_node::proxy::MAX_HEAD_BYTES) is
+    // A request head over the proxy's limit (crowds_jondo::proxy::MAX_HEAD_BYTES) is
     // refused by the proxy itself, whatever the path: here no link hop would catch it.
-    let limit = crowds_node::proxy::MAX_HEAD_BYTES;
+    let limit = crowds_jondo::proxy::MAX_HEAD_BYTES;
     let mut passed = Vec::new();
     for size in [limit + 4 * 1024, limit + 36 * 1024, 2 * limit, 3 * limit] {
         let huge = "h".repeat(size);

@@ -137,7 +137,7 @@ async fn fake_api(
 impl FakeBlender {
     /// Starts a fake blender presenting `identity`.
     pub async fn start(identity: &SecretKey) -> FakeBlender {
-        let config = crowds_node::tls::server_config(identity, Arc::new(|_: &PublicKey| true))
+        let config = crowds_net::tls::server_config(identity, Arc::new(|_: &PublicKey| true))
             .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -157,7 +157,7 @@ impl FakeBlender {
                         return;
                     };
                     st.handshakes.fetch_add(1, Ordering::SeqCst);
-                    let Some(client) = crowds_node::tls::peer_key(tls.get_ref().1) else {
+                    let Some(client) = crowds_net::tls::peer_key(tls.get_ref().1) else {
                         return;
                     };
                     let service = hyper::service::service_fn(move |req| {
@@ -232,7 +232,7 @@ pub fn start_subject(
 ) -> Subject {
     let data_dir = dir.join("jondo");
     // Create the identity first, so the test knows the jondo's key.
-    let key = crowds_node::files::load_or_create_identity(&data_dir)
+    let key = crowds_net::files::load_or_create_identity(&data_dir)
         .expect("identity")
         .public();
     let key_file = dir.join("blender.pub");

@@ -296,7 +296,7 @@ pub struct Jondo {
 impl Jondo {
     /// The jondo's identity key, read from its data directory.
     pub fn identity(&self) -> crowds_proto::identity::SecretKey {
-        crowds_node::files::load_or_create_identity(&self.data_dir).expect("jondo identity")
+        crowds_net::files::load_or_create_identity(&self.data_dir).expect("jondo identity")
     }
 
     /// `GET /status.json` of this jondo.

@@ -68,14 +68,21 @@
 //!   dropped, and every drop re-forms paths. The members' budget can only be exhausted
 //!   from members' own addresses (each capped), and then pausing the clocks is right.
 
-use crate::body::{self, Body};
-use crate::error::NodeError;
-use crate::files::{self, BLENDER_PUB_FILE};
-use crate::net::{self, now_ms};
-use crate::safelog::Sensitive;
+#![forbid(unsafe_code)]
+// A stranger's bytes must never panic the blender: no unwrap/expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::await_holding_lock)]
+
+pub mod store;
+
 use crate::store::password::PasswordChecks;
 use crate::store::{Store, Tick, DEFAULT_CROWD};
-use crate::tls;
+use crowds_net::body::{self, Body};
+use crowds_net::error::NodeError;
+use crowds_net::files::{self, BLENDER_PUB_FILE};
+use crowds_net::net::{self, now_ms};
+use crowds_net::safelog::Sensitive;
+use crowds_net::tls;
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::document::{Member, FLAG_CLIENT_ONLY};
 use crowds_proto::identity::{PublicKey, SecretKey};
@@ -1437,7 +1444,7 @@ async fn blender_status(state: &Arc<State>) -> serde_json::Value {
 }
 
 async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
-    if let Some(refused) = crate::control::refuse_foreign_host(req) {
+    if let Some(refused) = crowds_net::page::refuse_foreign_host(req) {
         return refused;
     }
     if req.method() != Method::GET {
@@ -1449,7 +1456,7 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
         "/metrics" => {
             let c = &st["counters"];
             let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-            let mut m = crate::metrics::Metrics::new();
+            let mut m = crowds_net::metrics::Metrics::new();
             m.counter(
                 "crowds_blender_epochs_total",
                 "Epochs published since start.",
@@ -1543,7 +1550,7 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
             let mut resp = Response::new(body::full(m.finish()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(crowds_net::metrics::CONTENT_TYPE),
             );
             resp
         }
@@ -1577,7 +1584,7 @@ async fn control_page(state: &Arc<State>, req: &Request<Incoming>) -> Response<B
                  <h2>Counters</h2><pre>{counters}</pre>\
                  <p><small>Accounts are managed on the command line (crowds account …). This page never shows passwords or member traffic. \
                  <a href=\"/status.json\">status.json</a> · <a href=\"/metrics\">metrics</a></small></p></body></html>",
-                style = crate::control::STYLE,
+                style = crowds_net::page::STYLE,
                 members = st["members"],
                 epoch = st["epoch"],
                 pf = st["pf"],

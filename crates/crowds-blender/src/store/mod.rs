@@ -88,6 +88,12 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
+impl From<StoreError> for crowds_net::NodeError {
+    fn from(e: StoreError) -> Self {
+        crowds_net::NodeError::Store(Box::new(e))
+    }
+}
+
 /// An account as listed (never with its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -203,7 +209,7 @@ pub struct DatabaseConfig {
     /// `postgres://user@host:port/dbname` (or `postgresql://…`).
     pub url: String,
     /// The database user's password, if it needs one.
-    pub password: Option<std::sync::Arc<crate::safelog::Secret>>,
+    pub password: Option<std::sync::Arc<crowds_net::safelog::Secret>>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -317,7 +323,7 @@ fn hash_password(password: &str, params: argon2::Params) -> Result<String, Store
 
 impl Store {
     /// Opens (creating if needed) the SQLite database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, crate::error::NodeError> {
+    pub fn open(dir: &Path) -> Result<Self, crowds_net::error::NodeError> {
         Self::open_database(dir, None)
     }
 
@@ -326,10 +332,10 @@ impl Store {
     pub fn open_database(
         dir: &Path,
         database: Option<&DatabaseConfig>,
-    ) -> Result<Self, crate::error::NodeError> {
+    ) -> Result<Self, crowds_net::error::NodeError> {
         let db: Box<dyn Db> = match database {
             None => {
-                crate::files::ensure_private_dir(dir)?;
+                crowds_net::files::ensure_private_dir(dir)?;
                 Box::new(sqlite::Sqlite::open(&dir.join(DATABASE_FILE))?)
             }
             Some(d) if d.url.starts_with("postgres://") || d.url.starts_with("postgresql://") => {

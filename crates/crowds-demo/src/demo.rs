@@ -5,13 +5,13 @@
 //! a private temporary directory (removed at the end). With `requests`, it fetches pages
 //! through random members and reports which member the server saw for each.
 
-use crate::blender::{self, BlenderConfig, RunningBlender};
-use crate::body::BoxError;
-use crate::error::NodeError;
-use crate::jondo::{self, JondoConfig, RunningJondo};
 use crate::site::{self, Site};
-use crate::store::Store;
 use bytes::Bytes;
+use crowds_blender::store::Store;
+use crowds_blender::{self as blender, BlenderConfig, RunningBlender};
+use crowds_jondo::jondo::{self, JondoConfig, RunningJondo};
+use crowds_net::body::BoxError;
+use crowds_net::error::NodeError;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -133,7 +133,7 @@ pub async fn start_with_progress(
             fallback_blenders: Vec::new(),
             blender_key: blender.public_key,
             account: format!("demo{}", i + 1),
-            password: crate::safelog::Secret::new(password),
+            password: crowds_net::safelog::Secret::new(password),
             peer_listen: SocketAddr::new(ip, 0),
             advertise: None,
             proxy_listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),

@@ -4,8 +4,8 @@
 //! server saw (the exit jondo, never the user); `/blob/N` streams N deterministic bytes
 //! without holding them in memory, for transfer checks. Listens on loopback only.
 
-use crate::body::{self, Body, BoxError};
 use bytes::Bytes;
+use crowds_net::body::{self, Body, BoxError};
 use futures_util::stream;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::StreamBody;
@@ -49,14 +49,14 @@ pub struct Site {
 pub async fn start(
     listen: SocketAddr,
     shutdown: CancellationToken,
-) -> Result<Site, crate::NodeError> {
-    let listener = crate::net::bind(listen, "the sample site").await?;
+) -> Result<Site, crowds_net::NodeError> {
+    let listener = crowds_net::net::bind(listen, "the sample site").await?;
     let addr = listener
         .local_addr()
-        .map_err(|e| crate::NodeError::io("listener address", e))?;
+        .map_err(|e| crowds_net::NodeError::io("listener address", e))?;
     let visits: VisitLog = Arc::default();
     let log = visits.clone();
-    crate::net::spawn_accept_loop(listener, 256, shutdown, move |stream, peer| {
+    crowds_net::net::spawn_accept_loop(listener, 256, shutdown, move |stream, peer| {
         let log = log.clone();
         async move {
             let service = service_fn(move |req| {

@@ -12,9 +12,9 @@ pub enum NodeError {
     /// A setting or file is unusable; the string says what to do.
     #[error("{0}")]
     Config(String),
-    /// The account store failed.
+    /// The blender's account store failed (the store's own error is the source).
     #[error("account store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The blender refused our login.
     #[error("the blender refused the login: unknown account or wrong password")]
     LoginRefused,

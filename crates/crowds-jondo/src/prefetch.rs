@@ -13,10 +13,10 @@
 //! the page and the browser's next requests. HTTPS pages cannot get this defence: jondos
 //! cannot read them.
 
-use crate::body::{self, Body, BoxError};
+use crate::crowd::Crowd;
 use crate::exit::{self, ExitConfig};
-use crate::jondo::Crowd;
 use bytes::Bytes;
+use crowds_net::body::{self, Body, BoxError};
 use crowds_proto::bundle::{self, Decoder, Frame, BUNDLE_HEADER, PAGE_LENGTH_HEADER};
 use crowds_proto::html::Scanner;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -114,6 +114,24 @@ pub fn must_bundle(resp: &Response<Body>) -> bool {
     has_body
         && (crate::active::is_page(resp.headers())
             || !resp.headers().contains_key(header::CONTENT_TYPE))
+}
+
+/// Submits a relayed request at the exit ([`exit::submit`]) and returns the server's
+/// response. A GET carrying the prefetch header whose answer is an HTML page comes back
+/// as a page bundle: the page, then its embedded objects, fetched here.
+pub async fn submit<G: Send + 'static>(
+    req: Request<Body>,
+    config: &ExitConfig,
+    crowd: &Arc<Crowd>,
+    guard: G,
+) -> Response<Body> {
+    let prefetch = wants_bundle(&req);
+    let page_url = req.uri().clone();
+    match exit::submit(req, config, crowd, guard).await {
+        Ok(resp) if prefetch => bundle(&page_url, resp, config.clone(), crowd.clone()),
+        Ok(resp) => resp,
+        Err(kind) => body::crowd_error(kind),
+    }
 }
 
 /// Turns the server's answer to a navigation GET into a page bundle, if it is a page
@@ -297,7 +315,7 @@ async fn fetch_object(
     *req.uri_mut() = uri;
     req.headers_mut()
         .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-    let resp = exit::fetch(req, config, crowd).await.ok()?;
+    let resp = exit::submit(req, config, crowd, ()).await.ok()?;
     let (parts, mut obj) = resp.into_parts();
     let stylesheet = parts
         .headers

@@ -6,9 +6,9 @@
 //! crowd, and turning crowd errors into pages the user can read. It listens on loopback
 //! by default and never logs what the user asks for.
 
-use crate::body::{self, Body};
-use crate::jondo::Node;
+use crate::node::Node;
 use crate::prefetch;
+use crowds_net::body::{self, Body};
 use crowds_proto::headers;
 use crowds_proto::relay::{self, ErrorKind, TargetError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -162,7 +162,12 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let objects = node.objects.clone();
     let marked = prefetch::wants_bundle(&req);
     let page_url = req.uri().clone();
-    let resp = prefetch::receive(node.clone().initiate(req).await, objects, &page_url, marked);
+    let resp = prefetch::receive(
+        node.clone().initiate(req, serve_in_tunnel).await,
+        objects,
+        &page_url,
+        marked,
+    );
     if let Some(kind) = relay::error_kind(resp.headers()) {
         let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         if kind == ErrorKind::NotAdmitted {

@@ -5,12 +5,12 @@
 //! and their limits.
 //! It does not judge documents (that is [`crowds_proto::view`]): it only fetches bytes.
 
-use crate::blender::{JoinRequest, JoinResponse};
-use crate::body::{self, BoxError};
-use crate::error::NodeError;
-use crate::net::HANDSHAKE_TIMEOUT;
-use crate::tls;
 use bytes::Bytes;
+use crowds_net::body::{self, BoxError};
+use crowds_net::error::NodeError;
+use crowds_net::net::HANDSHAKE_TIMEOUT;
+use crowds_net::tls;
+use crowds_proto::api::{JoinRequest, JoinResponse};
 use crowds_proto::document::MAX_DOCUMENT_BYTES;
 use crowds_proto::identity::{PublicKey, SecretKey};
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};

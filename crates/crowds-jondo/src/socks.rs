@@ -6,7 +6,7 @@
 //! own proxy logic over an in-memory pipe, so both front ends share one path into the
 //! crowd. It never logs destinations.
 
-use crate::jondo::Node;
+use crate::node::Node;
 use crate::proxy;
 use crowds_proto::socks::{self, Destination, Reply, SocksError};
 use http::{Request, StatusCode};

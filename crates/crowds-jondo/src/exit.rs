@@ -8,18 +8,16 @@
 //! never be linked by sharing one. `CONNECT` opens a byte tunnel to the server instead.
 //! Never logs destinations.
 
-use crate::body::{self, Body};
-use crate::jondo::Crowd;
-use crate::prefetch;
-use crate::safelog::Sensitive;
+use crate::crowd::Crowd;
 use crate::tunnel;
+use crowds_net::body::{self, Body};
+use crowds_net::safelog::Sensitive;
 use crowds_proto::headers::{self, Hygiene};
 use crowds_proto::policy::{self, PortPolicy};
 use crowds_proto::relay::{self, ErrorKind};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -121,36 +119,10 @@ pub async fn connect(addrs: &[SocketAddr], config: &ExitConfig) -> Result<TcpStr
     Err(ErrorKind::OriginUnreachable)
 }
 
-/// Submits a relayed request to its server and returns the server's response.
-/// `guard` is held for the lifetime of a tunnel.
-///
-/// A GET carrying the prefetch header whose answer is an HTML page comes back as a page
-/// bundle: the page, then its embedded objects, fetched here (the timing defence).
+/// Submits a relayed request to its server and returns the server's response, or the
+/// crowd error to answer. `guard` is held for the lifetime of a tunnel. Page bundles are
+/// [`crate::prefetch`]'s, on top of this.
 pub async fn submit<G: Send + 'static>(
-    req: Request<Body>,
-    config: &ExitConfig,
-    crowd: &Arc<Crowd>,
-    guard: G,
-) -> Response<Body> {
-    let prefetch = prefetch::wants_bundle(&req);
-    let page_url = req.uri().clone();
-    match try_submit(req, config, crowd, guard).await {
-        Ok(resp) if prefetch => prefetch::bundle(&page_url, resp, config.clone(), crowd.clone()),
-        Ok(resp) => resp,
-        Err(kind) => body::crowd_error(kind),
-    }
-}
-
-/// Fetches one object for the timing defence, under the same policy as any request.
-pub async fn fetch(
-    req: Request<Body>,
-    config: &ExitConfig,
-    crowd: &Crowd,
-) -> Result<Response<Body>, ErrorKind> {
-    try_submit(req, config, crowd, ()).await
-}
-
-async fn try_submit<G: Send + 'static>(
     mut req: Request<Body>,
     config: &ExitConfig,
     crowd: &Crowd,
@@ -193,7 +165,9 @@ async fn try_submit<G: Send + 'static>(
         .authority()
         .map(|a| a.as_str().to_string())
         .ok_or(ErrorKind::BadRequest)?;
-    let navigation = parts.headers.contains_key(prefetch::PREFETCH_HEADER);
+    let navigation = parts
+        .headers
+        .contains_key(crowds_proto::bundle::PREFETCH_HEADER);
     headers::sanitize_request(&mut parts.headers, Hygiene::SAFETY_NET);
     headers::trim_origin(&mut parts.headers, &parts.uri);
     if navigation {

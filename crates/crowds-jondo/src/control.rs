@@ -10,10 +10,11 @@
 //! link and blender health, and warnings. It listens on loopback, needs no external
 //! assets, and never shows where the user browsed: counters carry no destinations.
 
-use crate::body::{self, Body};
-use crate::jondo::{Node, ERROR_KINDS};
-use crate::metrics::{self, Metrics};
-use crate::net::now_ms;
+use crate::node::{Node, ERROR_KINDS};
+use crowds_net::body::{self, Body};
+use crowds_net::metrics::{self, Metrics};
+use crowds_net::net::now_ms;
+use crowds_net::page::{html_response, human, refuse_foreign_host, STYLE};
 use crowds_proto::analysis::CrowdModel;
 use crowds_proto::anonymity;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -472,31 +473,6 @@ pub fn metrics(node: &Node) -> String {
     m.finish()
 }
 
-fn html_response(html: String) -> Response<Body> {
-    let mut resp = Response::new(body::full(html));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
-}
-
-/// A duration in words.
-pub fn human(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s} s"),
-        s if s < 3600 => format!("{} min", s / 60),
-        s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
-        s => format!("{} days {} h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// The page's shared look (no external assets).
-pub const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:46em;margin:2em auto;padding:0 1em;color:#222}\
-h1{font-size:1.6em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}\
-.big{font-size:2em;font-weight:bold}.warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;border-radius:6px}\
-.ok{color:#1a7f37}.bad{color:#b42318}table{border-collapse:collapse}td{padding:.2em 1em .2em 0}small{color:#666}";
-
 fn page(node: &Node) -> String {
     let s = status(node);
     let in_crowd = s["in_crowd_s"]
@@ -687,21 +663,6 @@ fn reformations_html(s: &serde_json::Value) -> String {
              on it fails or leaves the crowd; errors on your side never re-form it. The figures come from the analysis \
              behind <code>crowds analyze</code>, which errs on the attacker's side.</small></p>";
     html
-}
-
-/// The answer to a request whose `Host` is a name other than localhost, if it is one
-/// (see [`crowds_proto::policy::control_host_allowed`]): a web page that rebinds its
-/// own name to 127.0.0.1 must not read the member id, counters or PAC file.
-pub fn refuse_foreign_host<B>(req: &Request<B>) -> Option<Response<Body>> {
-    let host = req.headers().get(http::header::HOST).map(|h| h.as_bytes());
-    if crowds_proto::policy::control_host_allowed(host) {
-        return None;
-    }
-    Some(body::text(
-        StatusCode::FORBIDDEN,
-        "This port answers only requests addressed to its IP address or to localhost \
-         (protection against DNS rebinding).\n",
-    ))
 }
 
 fn handle(node: &Node, req: &Request<Incoming>) -> Response<Body> {

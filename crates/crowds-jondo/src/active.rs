@@ -13,8 +13,8 @@
 //! gzip, deflate or br are decoded and filtered (and delivered uncompressed); a page in
 //! any other encoding, or one that does not decode or parse, is not delivered.
 
-use crate::body::{self, Body, BoxError};
 use bytes::Bytes;
+use crowds_net::body::{self, Body, BoxError};
 use crowds_proto::html::ActiveFilter;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -264,7 +264,7 @@ mod tests {
         let page = "<html><body onload=\"steal()\"><script>alert(1)</script><p>text</p>\
                     <noscript><b>no js</b></noscript><a href=\"javascript:go()\">x</a>\
                     <object data=x.swf></object><embed src=y><img src=ok.png onerror=z()></body></html>";
-        let mut resp = Response::new(crate::body::full(page));
+        let mut resp = Response::new(crowds_net::body::full(page));
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
         resp.headers_mut()
@@ -291,7 +291,7 @@ mod tests {
     }
 
     fn page_response(body: Vec<u8>, content_type: &str, encoding: &str) -> Response<Body> {
-        let mut resp = Response::new(crate::body::full(body));
+        let mut resp = Response::new(crowds_net::body::full(body));
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -410,7 +410,7 @@ mod tests {
 
     #[tokio::test]
     async fn other_content_is_untouched() {
-        let mut resp = Response::new(crate::body::full("<script>x</script>"));
+        let mut resp = Response::new(crowds_net::body::full("<script>x</script>"));
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let body = strip(resp)
