@@ -3,7 +3,7 @@
 //! Follows `crowds_demo::demo` (accounts made up on the spot in a temporary directory,
 //! jondos on 127.0.0.x, every exit allowed to reach the loopback origin) with settings
 //! of our own: crowd size, pf, a short join interval. Exact path lengths come from the
-//! `bench` feature of crowds-node: `CROWDS_BENCH_PATH_LENGTH=k` in the environment of the
+//! `bench` feature of crowds-jondo: `CROWDS_BENCH_PATH_LENGTH=k` in the environment of the
 //! process hosting the initiator.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-/// The variable read by the `bench` feature of crowds-node.
+/// The variable read by the `bench` feature of crowds-jondo.
 pub const PATH_LENGTH_VAR: &str = "CROWDS_BENCH_PATH_LENGTH";
 /// Where a child jondo process finds its password (never on the command line).
 const PASSWORD_VAR: &str = "CROWDS_BENCH_JONDO_PASSWORD";
