@@ -8,7 +8,7 @@ use super::membership::{crowd_lock, member_from, member_params};
 use super::sql::{Row, Tx, Value};
 use super::{to_u64, Store, StoreError, DOCUMENTS_KEPT};
 use crowds_proto::document::{CrowdDocument, Member};
-use crowds_proto::roster::{Roster, RosterConfig, RosterState};
+use crowds_proto::roster::{Roster, RosterConfig, RosterState, SilencePause};
 use crowds_proto::MemberId;
 use std::collections::BTreeMap;
 
@@ -81,13 +81,14 @@ impl Store {
                  WHERE name = $1",
                 std::slice::from_ref(&name),
             )?;
-            let (epoch, last_epoch_at, last_tick_at, issued_at, stored_pf) = match rows.first() {
+            let (epoch, last_epoch_at, last_tick_at, issued_at, published_pf) = match rows.first()
+            {
                 Some(r) => (
                     to_u64(r[0].int("epoch")?),
                     r[1].opt_int("last_epoch_at")?.map(to_u64),
                     to_u64(r[2].int("last_tick_at")?),
                     to_u64(r[3].int("issued_at")?),
-                    r[4].clone(),
+                    f64::from_bits(r[4].int("pf_bits")? as u64),
                 ),
                 None => {
                     tx.exec(
@@ -95,41 +96,24 @@ impl Store {
                          VALUES ($1, 0, NULL, $2, 0, $3)",
                         &[name.clone(), now.into(), pf_bits.clone()],
                     )?;
-                    (0, None, now, 0, pf_bits.clone())
+                    (0, None, now, 0, config.forward_probability)
                 }
             };
-            // No blender looked after this crowd for a heartbeat timeout (all were down),
-            // or this one was turning heartbeats away since the last tick: that time is
-            // nobody's silence. The silence clock of every member and pending join stands
-            // still over it (one heard during it counts as heard now), so nobody is
-            // dropped for it, and silence before it is not pardoned either.
-            let gap = now.saturating_sub(last_tick_at);
-            let disrupted = gap > config.heartbeat_timeout_ms
-                || disrupted_at.is_some_and(|at| at >= last_tick_at);
-            if disrupted && gap > 0 {
-                for table in ["members", "pending"] {
-                    tx.exec(
-                        &format!(
-                            "UPDATE {table} SET last_seen =
-                               CASE WHEN last_seen > $3 THEN $2 ELSE last_seen + $4 END
-                             WHERE crowd = $1 AND last_seen < $2"
-                        ),
-                        &[name.clone(), now.into(), last_tick_at.into(), gap.into()],
-                    )?;
-                }
+            // Time in which nobody could be heard is nobody's silence (the roster's rule,
+            // applied to every row at once: the CASE is `SilencePause::last_seen`).
+            if let Some(pause) = config.silence_pause(last_tick_at, now, disrupted_at) {
+                pause_silence(tx, &name, pause)?;
             }
             tx.exec(
                 "UPDATE crowds SET last_tick_at = $2 WHERE name = $1",
                 &[name.clone(), now.into()],
             )?;
-            let pf_changed = epoch > 0 && stored_pf != pf_bits;
             // Epochs happen only at scheduled times (and a crowd's first one at once);
             // only then, and only if the indexes show a change that may be waiting, is
             // the whole membership loaded for the roster to decide. The queries select
             // with the roster's own cut-off times, so they never miss what it would see.
-            let scheduled = config.next_scheduled(last_epoch_at, Some(last_tick_at), now) <= now;
-            let may_be_waiting = scheduled
-                && (pf_changed
+            let may_be_waiting = config.scheduled_by(last_epoch_at, Some(last_tick_at), now)
+                && (config.pf_changed(epoch, Some(published_pf))
                     || !tx
                         .query(
                             "SELECT 1 FROM pending WHERE crowd = $1 AND last_seen >= $2 LIMIT 1",
@@ -143,11 +127,17 @@ impl Store {
                             &[name.clone(), config.expired_before(now).into()],
                         )?
                         .is_empty());
-            let refresh = epoch > 0 && now.saturating_sub(issued_at) > config.document_lifetime_ms / 2;
+            let refresh = config.refresh_due(epoch, issued_at, now);
             if !may_be_waiting && !refresh {
                 return Ok(Tick::Idle);
             }
-            let state = load_state(tx, &name, epoch, last_epoch_at, Some(last_tick_at))?;
+            let stored = Stored {
+                epoch,
+                last_epoch_at,
+                last_checked_at: last_tick_at,
+                published_pf,
+            };
+            let state = load_state(tx, &name, stored)?;
             let before: BTreeMap<MemberId, Member> = state
                 .members
                 .iter()
@@ -160,11 +150,9 @@ impl Store {
                 .chain(state.pending.iter().map(|(m, seen)| (m.id, *seen)))
                 .collect();
             let pending_ids: Vec<MemberId> = state.pending.iter().map(|(m, _)| m.id).collect();
+            // The roster's rules alone decide whether an epoch is due (a changed pf
+            // forces one) and who is in it.
             let mut roster = Roster::restore(config.clone(), state);
-            if pf_changed {
-                roster.force_epoch();
-            }
-            // The roster's rule alone decides whether an epoch is due.
             let due = roster.next_epoch_at(now).is_some_and(|at| at <= now);
             if !due && !refresh {
                 return Ok(Tick::Idle);
@@ -297,13 +285,41 @@ impl Store {
     }
 }
 
-fn load_state(
+/// Applies the roster's [`SilencePause::last_seen`] to every member and pending join of
+/// `crowd` at once (one statement per table, not one per row).
+pub(super) fn pause_silence(
     tx: &mut dyn Tx,
     crowd: &Value,
+    pause: SilencePause,
+) -> Result<(), StoreError> {
+    for table in ["members", "pending"] {
+        tx.exec(
+            &format!(
+                "UPDATE {table} SET last_seen =
+                   CASE WHEN last_seen > $3 THEN $2 ELSE last_seen + $4 END
+                 WHERE crowd = $1 AND last_seen < $2"
+            ),
+            &[
+                crowd.clone(),
+                pause.to.into(),
+                pause.from.into(),
+                pause.length().into(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// What the crowds table holds about a crowd's epochs.
+struct Stored {
     epoch: u64,
     last_epoch_at: Option<u64>,
-    last_checked_at: Option<u64>,
-) -> Result<RosterState, StoreError> {
+    last_checked_at: u64,
+    published_pf: f64,
+}
+
+/// Loads a crowd's membership rows (under its lock) as the roster's state.
+fn load_state(tx: &mut dyn Tx, crowd: &Value, stored: Stored) -> Result<RosterState, StoreError> {
     let rows: Vec<Row> = tx.query(
         "SELECT account_id, public_key, addr, flags, last_seen, leaving FROM members
          WHERE crowd = $1 ORDER BY account_id",
@@ -329,10 +345,11 @@ fn load_state(
         .map(|r| Ok((member_from(r, 0)?, to_u64(r[4].int("last_seen")?))))
         .collect::<Result<_, StoreError>>()?;
     Ok(RosterState {
-        epoch,
-        last_epoch_at,
-        last_checked_at,
+        epoch: stored.epoch,
+        last_epoch_at: stored.last_epoch_at,
+        last_checked_at: Some(stored.last_checked_at),
         members,
         pending,
+        published_pf: Some(stored.published_pf),
     })
 }

@@ -6,7 +6,7 @@ use super::sql::{Tx, Value};
 use super::{to_u64, Store, StoreError};
 use crowds_proto::document::Member;
 use crowds_proto::identity::PublicKey;
-use crowds_proto::roster::{join_outcome, JoinOutcome, RosterConfig};
+use crowds_proto::roster::{displaces, join_outcome, JoinOutcome, RosterConfig};
 use crowds_proto::MemberId;
 
 /// Counts for the status page.
@@ -105,11 +105,22 @@ impl Store {
                     )?;
                 }
                 JoinOutcome::Pending => {
-                    // A key belongs to one member: an older pending holder gives it up.
-                    tx.exec(
-                        "DELETE FROM pending WHERE public_key = $1 AND account_id <> $2",
-                        &[member.key.to_hex().into(), id.clone()],
+                    // A key belongs to one member: the roster says which pending joins
+                    // holding it give way.
+                    let holders = tx.query(
+                        "SELECT account_id, public_key, addr, flags FROM pending
+                         WHERE public_key = $1",
+                        &[member.key.to_hex().into()],
                     )?;
+                    for holder in holders {
+                        let holder = member_from(&holder, 0)?;
+                        if displaces(member, &holder) {
+                            tx.exec(
+                                "DELETE FROM pending WHERE account_id = $1",
+                                &[holder.id.into()],
+                            )?;
+                        }
+                    }
                     tx.exec(
                         "INSERT INTO pending (account_id, crowd, public_key, addr, flags, last_seen)
                          VALUES ($1, $2, $3, $4, $5, $6)

@@ -550,3 +550,45 @@ fn crowds_are_separate() {
     );
     assert_eq!(store.counts("slow").expect("counts").members, 1);
 }
+
+/// The bulk update of an outage does exactly what the roster's rule says, row by row.
+#[test]
+fn the_silence_pause_in_sql_is_the_roster_rule() {
+    use crowds_proto::roster::SilencePause;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut store = Store::open(dir.path()).expect("open");
+    let pause = SilencePause {
+        from: 50_000,
+        to: 80_000,
+    };
+    let seen: [u64; 8] = [0, 1, 49_999, 50_000, 50_001, 79_999, 80_000, 90_000];
+    let mut ids = Vec::new();
+    for (i, _) in seen.iter().enumerate() {
+        ids.push(store.add_account(&format!("m{i}"), "pw").expect("add"));
+    }
+    let crowd = sql::Value::from(DEFAULT_CROWD);
+    let after = store
+        .tx(|tx| {
+            for (id, last_seen) in ids.iter().zip(seen) {
+                let key = u8::try_from(*id).expect("small id");
+                let mut params = membership::member_params(&member(*id, key), DEFAULT_CROWD, last_seen);
+                params.push(sql::Value::Int(0));
+                tx.exec(
+                    "INSERT INTO members (account_id, crowd, public_key, addr, flags, last_seen, leaving)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &params,
+                )?;
+            }
+            epochs::pause_silence(tx, &crowd, pause)?;
+            tx.query(
+                "SELECT last_seen FROM members ORDER BY account_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok(to_u64(r[0].int("last_seen")?)))
+            .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .expect("tx");
+    let expected: Vec<u64> = seen.iter().map(|s| pause.last_seen(*s)).collect();
+    assert_eq!(after, expected);
+}
