@@ -41,7 +41,7 @@ pub(crate) async fn api(
             {
                 Ok(true) => {
                     state.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                    state.note_member(client, source);
+                    state.note_member(client, source, now_ms());
                     let mut resp = body::text(StatusCode::NO_CONTENT, "");
                     // The heartbeat hint is the same for every crowd (one timeout).
                     if let Some(c) = state.crowds.values().next() {
@@ -93,7 +93,7 @@ pub(crate) async fn readable_crowd(
             }
         },
     };
-    state.note_member(client, source);
+    state.note_member(client, source, now_ms());
     Ok(name)
 }
 

@@ -196,11 +196,7 @@ pub(crate) async fn join(
     };
     // A pending join is admitted at the next scheduled epoch (a new crowd's first epoch
     // is cut at once).
-    let admission_expected_at = if first_epoch_published {
-        config.scheduled_after(now_ms())
-    } else {
-        now_ms()
-    };
+    let admission_expected_at = config.admission_expected_at(first_epoch_published, now_ms());
     let outcome = match state
         .with_store(move |s| s.join(&config, &member, now_ms()))
         .await
@@ -232,7 +228,7 @@ pub(crate) async fn join(
             );
         }
     };
-    state.note_member(client, source);
+    state.note_member(client, source, now_ms());
     tracing::info!(member = id, status, client_only = !reachable, "join");
     body::json(
         StatusCode::OK,

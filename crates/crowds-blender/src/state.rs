@@ -99,8 +99,7 @@ impl State {
 
     /// Notes that `key` just proved to be a member's (or a pending member's), calling
     /// from `source`.
-    pub(crate) fn note_member(&self, key: PublicKey, source: IpAddr) {
-        let now = now_ms();
+    pub(crate) fn note_member(&self, key: PublicKey, source: IpAddr, now: u64) {
         let source = net::source_of(source);
         {
             // Most calls are members' polls and heartbeats, seen a moment ago.

@@ -504,3 +504,116 @@ pub(crate) async fn control_page(state: &Arc<State>, req: &Request<Incoming>) ->
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crowds_proto::document::Member;
+    use crowds_proto::identity::PublicKey;
+
+    fn config(crowd: &str, pf: f64) -> RosterConfig {
+        RosterConfig {
+            crowd: crowd.into(),
+            forward_probability: pf,
+            join_interval_ms: 30_000,
+            heartbeat_timeout_ms: 20_000,
+            grace_period_ms: 100_000,
+            document_lifetime_ms: 600_000,
+            rejoin_interval_ms: 0,
+        }
+    }
+
+    fn document(crowd: &str, epoch: u64, members: u64) -> CrowdDocument {
+        CrowdDocument {
+            crowd: crowd.into(),
+            epoch,
+            forward_probability: 0.75,
+            issued_at: 10_000,
+            expires_at: 610_000,
+            members: (1..=members)
+                .map(|id| Member {
+                    id,
+                    addr: format!("127.0.0.{id}:7000").parse().expect("addr"),
+                    key: PublicKey([id as u8; 32]),
+                    flags: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// The JSON keeps its field names, and the page and the metrics show the same
+    /// figures as the JSON (read from the struct, not back by string key).
+    #[test]
+    fn json_page_and_metrics_come_from_one_status() {
+        let (default, other) = (config(DEFAULT_CROWD, 0.75), config("other", 0.5));
+        let (d1, d2) = (document(DEFAULT_CROWD, 3, 2), document("other", 7, 1));
+        let counts = |pending| Counts {
+            accounts: 5,
+            members: 0,
+            pending,
+            epoch: 0,
+        };
+        let silent = [2];
+        let views = [
+            CrowdView {
+                config: &default,
+                document: Some(&d1),
+                counts: counts(1),
+                silent: &silent,
+            },
+            CrowdView {
+                config: &other,
+                document: Some(&d2),
+                counts: counts(4),
+                silent: &[],
+            },
+        ];
+        let counters = StatusCounters {
+            heartbeats: 9,
+            joins_pending: 2,
+            ..StatusCounters::default()
+        };
+        let status = BlenderStatus::assemble(
+            45_000,
+            &views,
+            "sqlite",
+            5_000,
+            counters,
+            StatusLoad::default(),
+        );
+        let json = serde_json::to_value(&status).expect("json");
+        assert_eq!(json["epoch"], 3);
+        assert_eq!(json["members"], 2);
+        assert_eq!(json["pending_joins"], 1);
+        assert_eq!(json["accounts"], 5);
+        assert_eq!(json["pf"], 0.75);
+        assert_eq!(json["silent_members"], 1);
+        assert_eq!(json["next_scheduled_epoch_ms"], 60_000);
+        assert_eq!(json["uptime_s"], 40);
+        assert_eq!(json["database"], "sqlite");
+        assert_eq!(json["crowds"][1]["name"], "other");
+        assert_eq!(json["crowds"][1]["pending_joins"], 4);
+        assert_eq!(json["crowds"][0]["document_age_s"], 35);
+        assert_eq!(json["member_list"][1]["silent"], true);
+        assert_eq!(json["member_list"][0]["client_only"], false);
+        assert_eq!(json["counters"]["heartbeats"], 9);
+        assert_eq!(json["load"]["throttled_keys"], 0);
+        let metrics = status.metrics();
+        assert!(
+            metrics.contains("crowds_blender_heartbeats_total 9"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("crowds_blender_epoch 3"), "{metrics}");
+        assert!(
+            metrics.contains("crowds_blender_pending_joins 1"),
+            "{metrics}"
+        );
+        let html = status.html();
+        assert!(html.contains("<b id=\"epoch\">3</b>"), "{html}");
+        assert!(
+            html.contains("<td>other</td><td>0.5</td><td>7</td>"),
+            "{html}"
+        );
+        assert!(html.contains(" · silent"), "{html}");
+    }
+}

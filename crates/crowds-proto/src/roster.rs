@@ -179,6 +179,17 @@ impl RosterConfig {
         self.next_scheduled(last_epoch_at, last_checked_at, now) <= now
     }
 
+    /// When a join pending at `now` is expected to be admitted, as the blender tells the
+    /// joining jondo: at once when the crowd has published no epoch yet (its first is
+    /// cut at once), else at the next scheduled time.
+    pub fn admission_expected_at(&self, first_epoch_published: bool, now: u64) -> u64 {
+        if first_epoch_published {
+            self.scheduled_after(now)
+        } else {
+            now
+        }
+    }
+
     /// Whether the current epoch's document, issued at `issued_at`, is due to be signed
     /// again with a later expiry: half its lifetime has passed (there is an epoch).
     pub fn refresh_due(&self, epoch: u64, issued_at: u64, now: u64) -> bool {
@@ -579,6 +590,10 @@ mod tests {
         assert_eq!(day.scheduled_after(noon_2024_06_01) % 86_400_000, 0);
         // Before the first epoch there is no schedule.
         assert_eq!(c.next_scheduled(None, Some(5), 17), 17);
+        assert_eq!(c.admission_expected_at(false, 17), 17);
+        assert_eq!(c.admission_expected_at(true, 17), 30_000);
+        assert!(c.scheduled_by(Some(1_000), Some(29_000), 30_000));
+        assert!(!c.scheduled_by(Some(1_000), Some(30_000), 40_000));
         // A scheduled time the clock looked past is gone.
         assert_eq!(c.next_scheduled(Some(1_000), Some(31_000), 40_000), 60_000);
         assert_eq!(c.next_scheduled(Some(1_000), Some(29_000), 40_000), 30_000);
