@@ -67,6 +67,46 @@ pub struct RosterState {
     pub members: Vec<(Member, u64, bool)>,
     /// Members waiting for the next epoch, with their last heartbeat.
     pub pending: Vec<(Member, u64)>,
+    /// The forward probability the current epoch's document was published with, if
+    /// known: when the settings' differs, an epoch is due at the next scheduled time
+    /// (see [`RosterConfig::pf_changed`]).
+    pub published_pf: Option<f64>,
+}
+
+/// A stretch of time in which nobody could hear a crowd's heartbeats: no blender looked
+/// after the crowd for longer than the heartbeat timeout (all were down), or the one
+/// that did was turning heartbeats away (see [`RosterConfig::silence_pause`]). Silence
+/// clocks stand still over it: nobody is dropped for it, and silence before it is not
+/// pardoned either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SilencePause {
+    /// When the epoch clock last looked at the crowd before the pause (unix ms).
+    pub from: u64,
+    /// When it looked again (unix ms): now.
+    pub to: u64,
+}
+
+impl SilencePause {
+    /// The pause's length in milliseconds.
+    pub fn length(&self) -> u64 {
+        self.to.saturating_sub(self.from)
+    }
+
+    /// A last heartbeat as it counts after the pause: one heard during the pause counts
+    /// as heard at its end; one heard before it is moved on by the pause's length (its
+    /// silence before the pause still counts); one heard at or after its end is
+    /// unchanged. A store updating many rows at once applies exactly this:
+    /// `CASE WHEN last_seen > from THEN to ELSE last_seen + length END` for the rows
+    /// with `last_seen < to`.
+    pub fn last_seen(&self, seen: u64) -> u64 {
+        if seen >= self.to {
+            seen
+        } else if seen > self.from {
+            self.to
+        } else {
+            seen.saturating_add(self.length())
+        }
+    }
 }
 
 impl RosterConfig {
@@ -126,6 +166,71 @@ impl RosterConfig {
     pub fn pending_alive(&self, last_seen: u64, now: u64) -> bool {
         !self.silent(last_seen, now)
     }
+
+    /// Whether a scheduled time for an epoch has come at `now` (see
+    /// [`RosterConfig::next_scheduled`]). Only then can an epoch be cut, so a store may
+    /// skip loading a crowd's membership at any other time.
+    pub fn scheduled_by(
+        &self,
+        last_epoch_at: Option<u64>,
+        last_checked_at: Option<u64>,
+        now: u64,
+    ) -> bool {
+        self.next_scheduled(last_epoch_at, last_checked_at, now) <= now
+    }
+
+    /// When a join pending at `now` is expected to be admitted, as the blender tells the
+    /// joining jondo: at once when the crowd has published no epoch yet (its first is
+    /// cut at once), else at the next scheduled time.
+    pub fn admission_expected_at(&self, first_epoch_published: bool, now: u64) -> u64 {
+        if first_epoch_published {
+            self.scheduled_after(now)
+        } else {
+            now
+        }
+    }
+
+    /// Whether the current epoch's document, issued at `issued_at`, is due to be signed
+    /// again with a later expiry: half its lifetime has passed (there is an epoch).
+    pub fn refresh_due(&self, epoch: u64, issued_at: u64, now: u64) -> bool {
+        epoch > 0 && now.saturating_sub(issued_at) > self.document_lifetime_ms / 2
+    }
+
+    /// Whether the forward probability changed since the current epoch was published
+    /// with `published_pf`: then an epoch with the same members is due at the next
+    /// scheduled time. Compared bit for bit, as stored.
+    pub fn pf_changed(&self, epoch: u64, published_pf: Option<f64>) -> bool {
+        epoch > 0
+            && published_pf.is_some_and(|pf| pf.to_bits() != self.forward_probability.to_bits())
+    }
+
+    /// The pause in everyone's silence clocks when the epoch clock looks at `now`, last
+    /// having looked at `last_checked_at`: if the gap is longer than the heartbeat
+    /// timeout (no blender looked after the crowd, so nobody could be heard), or the
+    /// blender reports it may have turned heartbeats away at `disrupted_at` since then
+    /// (its API connections all taken, or its store failing). A member is never dropped
+    /// because the blender was unreachable or refusing.
+    pub fn silence_pause(
+        &self,
+        last_checked_at: u64,
+        now: u64,
+        disrupted_at: Option<u64>,
+    ) -> Option<SilencePause> {
+        let gap = now.saturating_sub(last_checked_at);
+        let disrupted =
+            gap > self.heartbeat_timeout_ms || disrupted_at.is_some_and(|at| at >= last_checked_at);
+        (disrupted && gap > 0).then_some(SilencePause {
+            from: last_checked_at,
+            to: now,
+        })
+    }
+}
+
+/// Whether a pending join of `pending` gives way to the join of `joining`: a key belongs
+/// to one member, so an older pending join holding the same key under another account
+/// is withdrawn (the document check would otherwise reject the whole epoch).
+pub fn displaces(joining: &Member, pending: &Member) -> bool {
+    pending.key == joining.key && pending.id != joining.id
 }
 
 /// The rule for a join request, apart from any state: `current` is the account's member
@@ -212,6 +317,7 @@ impl Roster {
     /// leave, members waiting for the next epoch, and when the last epoch was cut.
     pub fn restore(config: RosterConfig, state: RosterState) -> Self {
         let entry = |(member, last_seen): (Member, u64)| (member.id, Entry { member, last_seen });
+        let forced = config.pf_changed(state.epoch, state.published_pf);
         let leaving = state
             .members
             .iter()
@@ -231,7 +337,7 @@ impl Roster {
             last_epoch_at: state.last_epoch_at,
             last_checked_at: state.last_checked_at,
             admitted_at: BTreeMap::new(),
-            forced: false,
+            forced,
         }
     }
 
@@ -277,7 +383,7 @@ impl Roster {
         }
         // A member whose key changed while another member already holds that key cannot
         // be admitted twice; the document check would reject the whole epoch.
-        self.pending.retain(|_, e| e.member.key != member.key);
+        self.pending.retain(|_, e| !displaces(&member, &e.member));
         self.pending.insert(
             member.id,
             Entry {
@@ -299,6 +405,13 @@ impl Roster {
             known = true;
         }
         known
+    }
+
+    /// Stops every silence clock over `pause` (see [`SilencePause::last_seen`]).
+    pub fn pause_silence(&mut self, pause: SilencePause) {
+        for entry in self.members.values_mut().chain(self.pending.values_mut()) {
+            entry.last_seen = pause.last_seen(entry.last_seen);
+        }
     }
 
     /// A member leaves gracefully; it is dropped at the next epoch.
@@ -477,6 +590,10 @@ mod tests {
         assert_eq!(day.scheduled_after(noon_2024_06_01) % 86_400_000, 0);
         // Before the first epoch there is no schedule.
         assert_eq!(c.next_scheduled(None, Some(5), 17), 17);
+        assert_eq!(c.admission_expected_at(false, 17), 17);
+        assert_eq!(c.admission_expected_at(true, 17), 30_000);
+        assert!(c.scheduled_by(Some(1_000), Some(29_000), 30_000));
+        assert!(!c.scheduled_by(Some(1_000), Some(30_000), 40_000));
         // A scheduled time the clock looked past is gone.
         assert_eq!(c.next_scheduled(Some(1_000), Some(31_000), 40_000), 60_000);
         assert_eq!(c.next_scheduled(Some(1_000), Some(29_000), 40_000), 30_000);
@@ -738,5 +855,112 @@ mod tests {
         assert!(d.check().is_ok(), "{:?}", d.check());
         assert_eq!(ids(&d), [1, 3, 5]);
         assert_eq!(d.member(1).map(|m| m.key), Some(PublicKey([99; 32])));
+    }
+
+    /// Silence clocks stand still over a pause: heard during it counts as heard at its
+    /// end, silence before it still counts, later heartbeats are untouched.
+    #[test]
+    fn a_pause_stops_silence_clocks_without_resetting_them() {
+        let c = config();
+        // No look for longer than the heartbeat timeout, or a reported disruption since
+        // the last look: a pause. Otherwise none.
+        assert_eq!(c.silence_pause(10_000, 25_000, None), None);
+        assert_eq!(
+            c.silence_pause(10_000, 40_000, None),
+            Some(SilencePause {
+                from: 10_000,
+                to: 40_000
+            })
+        );
+        assert_eq!(
+            c.silence_pause(10_000, 15_000, Some(9_999)),
+            None,
+            "old news"
+        );
+        assert!(c.silence_pause(10_000, 15_000, Some(10_000)).is_some());
+        assert_eq!(
+            c.silence_pause(10_000, 10_000, Some(10_000)),
+            None,
+            "no gap"
+        );
+        let pause = SilencePause {
+            from: 50_000,
+            to: 80_000,
+        };
+        assert_eq!(pause.length(), 30_000);
+        for (seen, counts_as) in [
+            (0, 30_000),
+            (50_000, 80_000),
+            (50_001, 80_000),
+            (79_999, 80_000),
+            (80_000, 80_000),
+            (90_000, 90_000),
+        ] {
+            assert_eq!(pause.last_seen(seen), counts_as, "heard at {seen}");
+        }
+    }
+
+    /// An outage of 100 s: a member silent since 0 is not dropped at once but a grace
+    /// period after its silence, outage left out, has passed.
+    #[test]
+    fn a_member_is_never_dropped_for_an_outage() {
+        let mut r = crowd_of(1);
+        for now in [10_000, 20_000, 30_000, 40_000, 50_000, 60_000] {
+            assert_eq!(r.poll_epoch(now), None);
+        }
+        // Nobody looked from 60 s to 160 s.
+        let pause = r
+            .config()
+            .silence_pause(60_000, 160_000, None)
+            .expect("a pause");
+        r.pause_silence(pause);
+        assert_eq!(r.expired(160_000).count(), 0, "60 s of silence so far");
+        assert_eq!(r.poll_epoch(180_000), None);
+        assert_eq!(r.next_epoch_at(200_001), Some(210_000));
+        assert!(r.poll_epoch(210_000).expect("dropped").members.is_empty());
+    }
+
+    #[test]
+    fn documents_are_refreshed_at_half_their_lifetime() {
+        let c = config();
+        assert!(!c.refresh_due(0, 0, 1_000_000), "no epoch yet");
+        assert!(!c.refresh_due(1, 0, 300_000));
+        assert!(c.refresh_due(1, 0, 300_001));
+    }
+
+    /// A restored roster whose document was published with another pf cuts an epoch
+    /// with the same members at the next scheduled time.
+    #[test]
+    fn a_changed_pf_forces_a_scheduled_epoch() {
+        let state = |pf: f64| RosterState {
+            epoch: 1,
+            last_epoch_at: Some(0),
+            last_checked_at: Some(10_000),
+            members: vec![(member(1), 10_000, false)],
+            pending: Vec::new(),
+            published_pf: Some(pf),
+        };
+        let mut same = Roster::restore(config(), state(0.75));
+        assert_eq!(same.next_epoch_at(10_000), None);
+        assert_eq!(same.poll_epoch(30_000), None);
+        let mut changed = Roster::restore(config(), state(0.8));
+        assert!(config().pf_changed(1, Some(0.8)));
+        assert!(!config().pf_changed(0, Some(0.8)), "before the first epoch");
+        assert_eq!(changed.next_epoch_at(10_000), Some(30_000));
+        assert_eq!(changed.poll_epoch(29_999), None);
+        let d = changed.poll_epoch(30_000).expect("forced epoch");
+        assert_eq!(
+            (d.epoch, ids(&d), d.forward_probability),
+            (2, vec![1], 0.75)
+        );
+    }
+
+    #[test]
+    fn a_pending_key_gives_way_only_to_another_account() {
+        let mut other = member(2);
+        other.key = member(1).key;
+        assert!(displaces(&member(1), &other));
+        assert!(!displaces(&member(1), &member(1)), "the same account");
+        assert!(!displaces(&member(1), &member(3)), "another key");
     }
 }

@@ -237,7 +237,7 @@ mod tests {
         use argon2::password_hash::{PasswordHash, PasswordVerifier};
         let cheap = argon2::Params::new(64, 1, 1, None).expect("params");
         for params in [argon2::Params::default(), cheap] {
-            let hash = super::super::hash_password("right", params).expect("hash");
+            let hash = super::super::accounts::hash_password("right", params).expect("hash");
             let record = super::super::LoginRecord {
                 id: 1,
                 crowd: "default".into(),
