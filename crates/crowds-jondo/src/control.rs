@@ -155,8 +155,8 @@ pub fn status(node: &Node) -> serde_json::Value {
         "in_flight": node.in_flight(),
         "paths": node.path_count(),
         "paths_formed": node.paths_formed(),
-        "own_path_reforms_24h": node.own_reforms_last_day(),
-        "epochs_24h": node.epochs_last_day(),
+        "own_path_reforms_24h": node.own_reforms_last_day(now),
+        "epochs_24h": node.epochs_last_day(now),
         "links": node.open_links(),
         "requests": {
             "initiated": s.initiated.load(Ordering::Relaxed),
