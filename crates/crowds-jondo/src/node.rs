@@ -13,6 +13,8 @@ mod adopt;
 mod failed;
 mod new;
 mod route;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub(crate) use adopt::AdoptError;
 pub use new::NodeSettings;

@@ -445,3 +445,54 @@ mod measure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crowds_proto::document::{CrowdDocument, Member};
+    use crowds_proto::identity::SecretKey;
+
+    fn crowd(ids: &[u64], me: Option<u64>, expires_at: u64) -> Crowd {
+        let keys: Vec<_> = ids
+            .iter()
+            .map(|_| SecretKey::generate().expect("key").public())
+            .collect();
+        let members = ids
+            .iter()
+            .zip(&keys)
+            .map(|(id, key)| Member {
+                id: *id,
+                addr: "127.0.0.1:7000".parse().expect("address"),
+                key: *key,
+                flags: 0,
+            })
+            .collect();
+        let doc = CrowdDocument {
+            crowd: "test".into(),
+            epoch: 1,
+            forward_probability: 0.75,
+            issued_at: 0,
+            expires_at,
+            members,
+        };
+        let me = match me.and_then(|m| ids.iter().position(|id| *id == m)) {
+            Some(i) => keys[i],
+            None => SecretKey::generate().expect("key").public(),
+        };
+        Crowd::new(doc, &me)
+    }
+
+    #[test]
+    fn a_crowd_is_usable_while_it_lists_us_and_has_not_expired() {
+        let c = crowd(&[1, 2, 3], Some(1), 10_000);
+        assert!(crowd_usable(&c, Predecessor::Local, 9_999));
+        assert!(crowd_usable(&c, Predecessor::Member(2), 0));
+        assert!(!crowd_usable(&c, Predecessor::Local, 10_000), "expired");
+        assert!(
+            !crowd_usable(&c, Predecessor::Member(4), 0),
+            "unknown predecessor"
+        );
+        let without_us = crowd(&[2, 3], None, 10_000);
+        assert!(!crowd_usable(&without_us, Predecessor::Local, 0));
+    }
+}
