@@ -13,8 +13,6 @@ mod adopt;
 mod failed;
 mod new;
 mod route;
-#[cfg(test)]
-pub(crate) mod testing;
 
 pub(crate) use adopt::AdoptError;
 pub use new::NodeSettings;
@@ -344,3 +342,6 @@ impl Node {
         lock(&self.paths).forget(Predecessor::Local, PathId::LOCAL);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing;
