@@ -1,55 +1,43 @@
 //! The jondo daemon: a crowd member's proxy, relay and exit in one process.
 //!
-//! Owns the wiring and the settings: it logs in at the blender, keeps the crowd document fresh (refusing
-//! one with pf <= 1/2 unless started with `--insecure-allow-low-pf`, and acting on epoch
-//! changes: new members re-form every path, departed members close links),
-//! heartbeats, listens for peers (TLS admits only keys in the current document) and
-//! hands each request to the relay engine ([`crate::node`]). The rules themselves live
-//! in [`crowds_proto`]; this module is the thin async shell around them. It never logs destinations or contents, nor other
-//! members' ids above debug level (a log that names successors helps link paths).
+//! Owns the settings ([`JondoConfig`]) and the wiring ([`start`]): it binds the ports,
+//! builds the relay engine ([`crate::node`]), logs in at the blender and starts the
+//! loops. The jobs it wires live in submodules: `peer` (the peer server: TLS admits only
+//! keys in the current document, links close when their key leaves it) and
+//! `blender_sync` (joining, heartbeats, and keeping the crowd document fresh, refusing
+//! one with pf <= 1/2 unless started with `--insecure-allow-low-pf`). The rules
+//! themselves live in [`crowds_proto`] and the relay engine; this module is the thin
+//! async shell around them. It never logs destinations or contents, nor other members'
+//! ids above debug level (a log that names successors helps link paths).
+
+mod blender_sync;
+mod peer;
+
+pub use peer::{MAX_PEER_CONNECTIONS, PEER_CONNECTIONS_PER_ADDRESS, PEER_HANDSHAKES};
 
 use crate::blender_client::BlenderClient;
 use crate::control;
 use crate::exit::ExitConfig;
-use crate::node::{lock, AdoptError, CrowdCell, Node, Recent, Stats};
+use crate::node::{Node, NodeSettings};
 use crate::proxy;
 use crate::socks;
-use crowds_net::body::{self};
 use crowds_net::error::NodeError;
 use crowds_net::files;
-use crowds_net::link::{self, Links};
 use crowds_net::net::{self, now_ms};
 use crowds_net::safelog::Secret;
 use crowds_net::tls;
 use crowds_proto::headers::Hygiene;
 use crowds_proto::identity::PublicKey;
-use crowds_proto::path::{PathTable, Predecessor};
 use crowds_proto::policy::PortPolicy;
-use crowds_proto::recent::RecentEvents;
-use crowds_proto::view::CrowdView;
 use crowds_proto::MemberId;
-use http::{header, HeaderValue, Method, Request, StatusCode};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::HashMap;
+use http::Method;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// Most concurrent peer connections.
-pub const MAX_PEER_CONNECTIONS: usize = 1024;
-/// Default most connections to the peer port from one address
-/// ([`JondoConfig::peer_connections_per_address`]). Members keep one link each way;
-/// several members behind one NAT share an address, hence the room.
-pub const PEER_CONNECTIONS_PER_ADDRESS: usize = 32;
-/// Default most peer connections still in their TLS handshake
-/// ([`JondoConfig::peer_handshakes`]).
-pub const PEER_HANDSHAKES: usize = 128;
 /// Settings of a jondo.
 #[derive(Debug, Clone)]
 pub struct JondoConfig {
@@ -214,7 +202,6 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningJondo, NodeError> {
     let identity = Arc::new(files::load_or_create_identity(&config.data_dir)?);
-    let me = identity.public();
     let peer_listener = net::bind(config.peer_listen, "peers").await?;
     let proxy_listener = net::bind(config.proxy_listen, "the HTTP proxy").await?;
     let control_listener = net::bind(config.control_listen, "the control port").await?;
@@ -247,112 +234,52 @@ pub async fn start(
     // says so until the crowd lists us); if the login fails they are stopped again.
     let serving = shutdown.child_token();
 
-    let crowd: CrowdCell = Arc::new(RwLock::new(None));
-    let node = Arc::new(Node {
-        me,
-        crowd: crowd.clone(),
-        view: Mutex::new(CrowdView::new(config.blender_key)),
-        paths: Mutex::new(PathTable::new()),
-        links: Links::new(identity.clone()),
-        exit: ExitConfig {
-            source_ip: Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified()),
-            allow_private_destinations: config.allow_private_destinations,
-            idle_timeout: config.idle_timeout,
-            response_timeout: config.server_timeout,
-            ports: config
-                .exit_ports
-                .clone()
-                .unwrap_or(if config.allow_private_destinations {
-                    PortPolicy::Any
-                } else {
-                    PortPolicy::default()
-                }),
-            deny: blender_addrs,
-            ..ExitConfig::default()
-        },
-        stats: Stats::default(),
-        blender_ok: AtomicBool::new(true),
-        heartbeat_ms: AtomicU64::new(config.heartbeat_interval.as_millis() as u64),
-        poll_ms: AtomicU64::new(config.poll_interval.as_millis() as u64),
-        follow_hints: config.follow_blender_intervals,
-        started_at: now_ms(),
-        refresh: Notify::new(),
-        adopted: tokio::sync::watch::channel(0).0,
-        in_flight: Arc::default(),
-        admitted_since: AtomicU64::new(0),
-        admission_expected_at: AtomicU64::new(0),
+    let exit = ExitConfig {
+        source_ip: Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified()),
+        allow_private_destinations: config.allow_private_destinations,
+        idle_timeout: config.idle_timeout,
+        response_timeout: config.server_timeout,
+        ports: config
+            .exit_ports
+            .clone()
+            .unwrap_or(if config.allow_private_destinations {
+                PortPolicy::Any
+            } else {
+                PortPolicy::default()
+            }),
+        deny: blender_addrs,
+        ..ExitConfig::default()
+    };
+    let node = Arc::new(Node::new(NodeSettings {
+        identity: identity.clone(),
+        blender_key: config.blender_key,
+        exit,
+        heartbeat_interval: config.heartbeat_interval,
+        poll_interval: config.poll_interval,
+        follow_blender_intervals: config.follow_blender_intervals,
         proxy_addr,
         hygiene: Hygiene {
             strip_cookies: !config.keep_cookies,
         },
         prefetch: !config.no_prefetch,
         strip_active_content: config.strip_active_content,
-        objects: Arc::default(),
-        recent: Mutex::new(Recent {
-            own_reforms: RecentEvents::new(RecentEvents::DAY_MS),
-            epochs: RecentEvents::new(RecentEvents::DAY_MS),
-        }),
-        own_path_formed: AtomicBool::new(false),
-        failed: Mutex::new(HashMap::new()),
-        unknown_key_refresh: net::OncePer::default(),
-        allow_low_pf: config.insecure_allow_low_pf,
-        refused_pf: Mutex::new(None),
-        low_pf_logged: Mutex::new(None),
-    });
+        insecure_allow_low_pf: config.insecure_allow_low_pf,
+        started_at: now_ms(),
+    }));
 
     let mut tasks = Vec::new();
     let shutdown_all = shutdown;
     let shutdown = serving.clone();
     // Peers: TLS admits only keys listed in the current crowd document.
-    let policy_node = Arc::downgrade(&node);
-    let blender_key = config.blender_key;
-    let policy: tls::KeyPolicy = Arc::new(move |key: &PublicKey| {
-        // The blender proves that this jondo holds its key at the advertised address
-        // with a handshake before it lists the address (it then closes at once).
-        if *key == blender_key {
-            return true;
-        }
-        let known = crowd
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|c| c.by_key.contains_key(key));
-        if !known {
-            // Perhaps it joined in an epoch we have not fetched yet. Anyone can make
-            // this handshake, so at most one early fetch per poll interval.
-            if let Some(n) = policy_node.upgrade() {
-                if n.unknown_key_refresh.allow(now_ms(), n.poll_interval()) {
-                    n.refresh.notify_one();
-                }
-            }
-        }
-        known
-    });
+    let policy = peer::key_policy(&node, config.blender_key);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&identity, policy)?));
-    let peer_node = node.clone();
-    let per_address = net::PerAddress::new(config.peer_connections_per_address);
-    let handshakes = net::Handshakes::new(config.peer_handshakes);
-    tasks.push(net::spawn_accept_loop(
+    tasks.push(peer::spawn_server(
+        node.clone(),
         peer_listener,
-        MAX_PEER_CONNECTIONS,
+        acceptor,
+        config.peer_connections_per_address,
+        config.peer_handshakes,
         shutdown.clone(),
-        move |stream, from: SocketAddr| {
-            let node = peer_node.clone();
-            let acceptor = acceptor.clone();
-            let slot = per_address.try_take(net::source_of(from.ip()));
-            // Only a connection within its address's share may push out a pending one.
-            let ticket = slot.as_ref().map(|_| handshakes.enter());
-            async move {
-                let (Some(slot), Some(ticket)) = (slot, ticket) else {
-                    node.stats
-                        .peer_refused_per_address
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                serve_peer(node, acceptor, stream, ticket).await;
-                drop(slot);
-            }
-        },
     ));
     let proxy_node = node.clone();
     tasks.push(net::spawn_accept_loop(
@@ -377,27 +304,28 @@ pub async fn start(
             move |stream, _| socks::serve(socks_node.clone(), stream),
         ));
     }
-    let joined = match join_with_retry(&blender, &config, advertise, &shutdown_all).await {
-        Ok(j) => j,
-        Err(e) => {
-            serving.cancel();
-            return Err(e);
-        }
-    };
+    let joined =
+        match blender_sync::join_with_retry(&blender, &config, advertise, &shutdown_all).await {
+            Ok(j) => j,
+            Err(e) => {
+                serving.cancel();
+                return Err(e);
+            }
+        };
     tracing::info!(member = joined.member_id, status = %joined.status, "logged in at the blender");
     if let Some(crowd) = &joined.crowd {
-        lock(&node.view).set_crowd(crowd);
+        node.set_crowd_name(crowd);
     }
-    node.note_join(&joined);
+    node.note_join(&joined, now_ms());
     if joined.client_only {
-        warn_client_only(advertise);
+        blender_sync::warn_client_only(advertise);
     }
-    tasks.push(tokio::spawn(poll_documents(
+    tasks.push(tokio::spawn(blender_sync::poll_documents(
         node.clone(),
         blender.clone(),
         shutdown.clone(),
     )));
-    tasks.push(tokio::spawn(heartbeat(
+    tasks.push(tokio::spawn(blender_sync::heartbeat(
         node.clone(),
         blender.clone(),
         config.clone(),
@@ -414,273 +342,6 @@ pub async fn start(
         blender,
         tasks,
     })
-}
-
-/// Tells the user, at warn level, what joining as a client-only member costs.
-fn warn_client_only(advertise: SocketAddr) {
-    tracing::warn!(
-        "the blender cannot reach this jondo's peer address {advertise}: it joins as a client-only member. \
-         It can browse, but it never relays for others, so the first jondo on its path knows that \
-         every request it gets from this jondo was started here: against a collaborating first hop \
-         its user has no anonymity, and the crowd's probable innocence does not cover it. Open the \
-         peer port (or set --advertise) and restart to become a forwarding member."
-    );
-}
-
-async fn join_with_retry(
-    blender: &BlenderClient,
-    config: &JondoConfig,
-    advertise: SocketAddr,
-    shutdown: &CancellationToken,
-) -> Result<crowds_proto::api::JoinResponse, NodeError> {
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match blender
-            .join(&config.account, config.password.expose(), advertise)
-            .await
-        {
-            Err(NodeError::Blender(e)) => {
-                tracing::warn!("blender not reachable yet ({e}); retrying in {delay:?}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(NodeError::Blender("shut down before joining".into())),
-                    _ = tokio::time::sleep(jitter(delay)) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            Err(NodeError::JoinTooSoon(wait)) => {
-                tracing::warn!(
-                    "the crowd limits how often an account joins; joining again in {wait:?}"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(NodeError::Blender("shut down before joining".into())),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-fn jitter(d: Duration) -> Duration {
-    use rand::Rng;
-    d.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
-}
-
-async fn serve_peer(
-    node: Arc<Node>,
-    acceptor: TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    ticket: net::HandshakeTicket,
-) {
-    let handshake = tokio::select! {
-        h = tokio::time::timeout(net::HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h.ok(),
-        () = ticket.evicted.cancelled() => {
-            node.stats.peer_handshakes_evicted.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    };
-    drop(ticket);
-    let Some(Ok(tls)) = handshake else {
-        node.stats
-            .handshakes_refused
-            .fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    node.stats.handshakes_ok.fetch_add(1, Ordering::Relaxed);
-    let Some(key) = tls::peer_key(tls.get_ref().1) else {
-        return;
-    };
-    let Some(pred) = node.crowd().and_then(|c| c.by_key.get(&key).copied()) else {
-        // The blender's address check, or a key that left the crowd meanwhile.
-        return;
-    };
-    // The link lives only while the crowd document vouches for this key as `pred`.
-    let mut adopted = node.adopted.subscribe();
-    let watch_node = node.clone();
-    let still_vouched = async move {
-        loop {
-            if adopted.changed().await.is_err() {
-                return;
-            }
-            let vouched = watch_node
-                .crowd()
-                .is_some_and(|c| c.by_key.get(&key) == Some(&pred));
-            if !vouched {
-                return;
-            }
-        }
-    };
-    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-        let node = node.clone();
-        async move {
-            let req = req.map(body::stream);
-            Ok::<_, std::convert::Infallible>(node.relay(Predecessor::Member(pred), req).await)
-        }
-    });
-    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(link::STREAM_WINDOW)
-        .initial_connection_window_size(link::CONNECTION_WINDOW)
-        .max_concurrent_streams(link::MAX_STREAMS_PER_LINK)
-        .max_header_list_size(link::MAX_HEADER_LIST)
-        .keep_alive_interval(link::KEEPALIVE)
-        .keep_alive_timeout(link::KEEPALIVE)
-        .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(result);
-    tokio::select! {
-        result = result.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!("peer link ended: {e}");
-            }
-            return;
-        }
-        () = still_vouched => {}
-    }
-    // No new stream on a key the crowd no longer vouches for (GOAWAY); what is in flight
-    // finishes, so a member leaving gracefully still completes its transfers.
-    tracing::debug!("closing a peer link: its key is no longer in the crowd document");
-    result.as_mut().graceful_shutdown();
-    if let Err(e) = result.await {
-        tracing::debug!("peer link ended: {e}");
-    }
-}
-
-async fn poll_documents(node: Arc<Node>, blender: BlenderClient, shutdown: CancellationToken) {
-    let mut etag: Option<HeaderValue> = None;
-    let mut failures = 0u32;
-    // After a delta that did not apply, the next fetch asks for the whole document.
-    let mut whole = false;
-    loop {
-        let every = node.poll_interval();
-        let wait = if failures == 0 {
-            every
-        } else {
-            jitter((every * 2u32.saturating_pow(failures.min(5))).min(Duration::from_secs(60)))
-        };
-        let (base, blender_key) = {
-            let view = lock(&node.view);
-            (view.current().cloned(), view.blender_key())
-        };
-        let have = base
-            .as_ref()
-            .filter(|_| !whole)
-            .map(|d| (d.epoch, d.issued_at));
-        whole = false;
-        node.stats.document_fetches.fetch_add(1, Ordering::Relaxed);
-        let fetched = blender.fetch_document(etag.as_ref(), have).await;
-        if let Ok(reply) = &fetched {
-            node.take_hints(&reply.headers);
-        }
-        match fetched {
-            Ok(reply) if reply.status == StatusCode::OK => {
-                failures = 0;
-                node.blender_ok.store(true, Ordering::Relaxed);
-                let is_delta = reply
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .map(|v| v.as_bytes())
-                    == Some(crowds_proto::api::DELTA_CONTENT_TYPE.as_bytes());
-                let bytes = match (is_delta, &base) {
-                    (false, _) => Ok(reply.body.to_vec()),
-                    (true, Some(base)) => {
-                        crowds_proto::delta::DocumentDelta::apply(base, &reply.body, &blender_key)
-                    }
-                    (true, None) => Err(crowds_proto::document::DocumentError::Invalid(
-                        "a delta without a base document",
-                    )),
-                };
-                match bytes.map(|b| node.adopt(&b)) {
-                    Ok(Ok(_)) => {
-                        etag = reply.headers.get(header::ETAG).cloned();
-                        let counter = if is_delta {
-                            &node.stats.documents_delta
-                        } else {
-                            &node.stats.documents_full
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(AdoptError::LowPf(_))) => {
-                        // Logged once by `adopt`. The same document is not fetched again
-                        // until the blender changes it.
-                        etag = reply.headers.get(header::ETAG).cloned();
-                    }
-                    Ok(Err(e)) => tracing::warn!("rejected a crowd document: {e}"),
-                    Err(e) => {
-                        tracing::warn!(
-                            "a document delta did not apply ({e}); fetching the whole document"
-                        );
-                        whole = true;
-                        continue;
-                    }
-                }
-            }
-            Ok(reply) if reply.status == StatusCode::NOT_MODIFIED => {
-                failures = 0;
-                node.blender_ok.store(true, Ordering::Relaxed);
-            }
-            Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
-                node.blender_ok.store(true, Ordering::Relaxed);
-            }
-            Ok(reply) => {
-                failures += 1;
-                tracing::warn!("blender answered {} to a document fetch", reply.status);
-            }
-            Err(e) => {
-                failures += 1;
-                node.blender_ok.store(false, Ordering::Relaxed);
-                tracing::warn!("{e}; keeping the last crowd document until it expires");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = node.refresh.notified() => {}
-        }
-    }
-}
-
-async fn heartbeat(
-    node: Arc<Node>,
-    blender: BlenderClient,
-    config: JondoConfig,
-    advertise: SocketAddr,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(jitter(node.heartbeat_interval())) => {}
-        }
-        let sent = blender
-            .call(Method::POST, "/v1/heartbeat", None, None)
-            .await;
-        if let Ok(reply) = &sent {
-            node.take_hints(&reply.headers);
-        }
-        match sent {
-            Ok(r) if r.status == StatusCode::FORBIDDEN => {
-                // The blender dropped us (we were silent, or it lost state): join again.
-                tracing::warn!("the blender no longer lists this jondo; joining again");
-                match blender
-                    .join(&config.account, config.password.expose(), advertise)
-                    .await
-                {
-                    Ok(joined) => {
-                        if joined.client_only {
-                            warn_client_only(advertise);
-                        }
-                        node.note_join(&joined);
-                    }
-                    Err(e) => tracing::warn!("re-join failed: {e}"),
-                }
-            }
-            Ok(_) => node.blender_ok.store(true, Ordering::Relaxed),
-            Err(e) => {
-                node.blender_ok.store(false, Ordering::Relaxed);
-                tracing::warn!("heartbeat failed: {e}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The timing defence: page bundles at the exit, and the initiator's object cache.
 //!
-//! At the exit ([`bundle`]): an HTML page fetched for a GET that asked for it is parsed
+//! At the exit ([`bundle()`]): an HTML page fetched for a GET that asked for it is parsed
 //! while it streams (lol_html), each embedded object (images and srcsets, stylesheets,
 //! icons, scripts, media posters) is announced before the page bytes that mention it,
 //! and after the page the exit fetches the objects itself, under the same exit policy,

@@ -72,7 +72,7 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
 /// plain-HTTP port) to `authority`: each request is treated exactly as if it had been
 /// sent to the proxy in absolute form, so hygiene and the timing defence apply.
 ///
-/// The future is boxed with its type written out: it calls [`handle`], which reaches the
+/// The future is boxed with its type written out: it calls `handle`, which reaches the
 /// tunnel code that calls it, and the compiler cannot see through that loop by itself.
 pub fn serve_in_tunnel<I>(
     node: Arc<Node>,
