@@ -335,7 +335,6 @@ macro_rules! settings {
             )*
         }
 
-        #[allow(dead_code)]
         impl $layer {
             /// One row per setting, in the order they are declared.
             pub fn table() -> Vec<$crate::cli::settings::Row> {

@@ -144,6 +144,34 @@ fn every_flag_takes_what_the_file_takes() {
 }
 
 #[test]
+fn flags_win_over_the_file_and_the_file_over_defaults() {
+    let cli = Cli::try_parse_from([
+        "crowds",
+        "jondo",
+        "--idle-timeout",
+        "7s",
+        "--account",
+        "bob",
+    ])
+    .expect("parses");
+    let super::Command::Jondo(args) = cli.command else {
+        panic!("not the jondo command")
+    };
+    let file = parse("account = \"alice\"\nthreads = 4\nkeep_cookies = true").expect("parses");
+    let merged = args.given.or(file).or(JondoSettings::defaults());
+    assert_eq!(merged.account.as_deref(), Some("bob"));
+    assert_eq!(merged.idle_timeout, Some(Duration::from_secs(7)));
+    assert_eq!(merged.threads, Some(4));
+    // A switch the file turns on stays on: an absent flag is no "off".
+    assert_eq!(merged.keep_cookies, Some(true));
+    assert_eq!(
+        merged.server_timeout,
+        JondoSettings::defaults().server_timeout
+    );
+    assert_eq!(merged.peer_listen, None);
+}
+
+#[test]
 fn a_full_config_file_parses() {
     let args = parse(FULL).expect("parses");
     assert_eq!(
