@@ -127,32 +127,20 @@ pub async fn start_with_progress(
             } else {
                 0
             };
-        let jc = JondoConfig {
-            data_dir: dir.path().join(format!("jondo{}", i + 1)),
-            blender: blender.addr.to_string(),
-            fallback_blenders: Vec::new(),
-            blender_key: blender.public_key,
-            account: format!("demo{}", i + 1),
-            password: crowds_net::safelog::Secret::new(password),
-            peer_listen: SocketAddr::new(ip, 0),
-            advertise: None,
-            proxy_listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
-            socks_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            control_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            allow_private_destinations: true,
-            heartbeat_interval: Duration::from_secs(5),
-            poll_interval: Duration::from_millis(500),
-            follow_blender_intervals: false,
-            idle_timeout: Duration::from_secs(300),
-            server_timeout: Duration::from_secs(60),
-            keep_cookies: false,
-            no_prefetch: false,
-            strip_active_content: false,
-            exit_ports: None,
-            insecure_allow_low_pf: false,
-            peer_connections_per_address: jondo::PEER_CONNECTIONS_PER_ADDRESS,
-            peer_handshakes: jondo::PEER_HANDSHAKES,
-        };
+        // The library's defaults, but for what a one-machine demo needs: the sample
+        // site is on loopback (a private destination), and a quick first document.
+        let mut jc = JondoConfig::new(
+            dir.path().join(format!("jondo{}", i + 1)),
+            blender.addr.to_string(),
+            blender.public_key,
+            format!("demo{}", i + 1),
+            crowds_net::safelog::Secret::new(password),
+            SocketAddr::new(ip, 0),
+        );
+        jc.proxy_listen = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+        jc.socks_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        jc.allow_private_destinations = true;
+        jc.poll_interval = Duration::from_millis(500);
         jondos.push(jondo::start(jc, shutdown.clone()).await?);
         progress(Step::Jondos(i + 1, config.jondos));
     }
