@@ -22,15 +22,13 @@
 //! any count.
 //! The two backends run one after the other (a lock), so their figures do not mix.
 
-mod common;
-#[path = "common/postgres.rs"]
-mod postgres;
+use crowds_testkit::postgres;
 
 use bytes::Bytes;
-use common::*;
 use crowds_blender::store::{DatabaseConfig, Store};
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::identity::{PublicKey, SecretKey};
+use crowds_testkit::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -41,6 +39,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_rustls::TlsConnector;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// Simulated members with `CROWDS_FULL=1`.
 const DEFAULT_MEMBERS: usize = 10_000;
@@ -638,8 +639,9 @@ async fn run_load(backend: &'static str, dir: &Path, postgres: Option<(String, &
     if let Some((url, _)) = &postgres {
         extra.extend(["--database", url.as_str()]);
     }
-    let (mut blender, pub_path) =
-        start_blender_at("blender", addr, &blender_dir, &logs, &extra).await;
+    let (mut blender, pub_path) = KIT
+        .start_blender_at("blender", addr, &blender_dir, &logs, &extra)
+        .await;
     let blender_key = crowds_net::files::read_public_key(&pub_path).expect("blender key");
     let cpu = CpuMeter::new(
         blender.pid().expect("blender pid"),
