@@ -141,7 +141,12 @@ fn chromium_dump(url: &str, shot: &Path, profile: &Path) -> String {
 }
 
 /// Both status pages render in Chromium and show the crowd; metrics parse and move.
+/// Heavy tier (it needs Chromium): runs with `--features heavy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "heavy"),
+    ignore = "needs Chromium: heavy tier (--features heavy)"
+)]
 async fn status_pages_and_metrics() {
     let dir = tempfile::tempdir().expect("tmp");
     let blender_dir = dir.path().join("blender");
