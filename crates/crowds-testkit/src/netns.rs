@@ -61,7 +61,7 @@ pub fn require_netns() {
         assert!(
             have(prog),
             "`{prog}` is not installed: the network-namespace tests need iproute2, \
-             nftables, curl and python3 (.ci/run installs them)"
+             nftables, curl and python3 (tools/test --all installs them)"
         );
     }
     let probe = format!("{PREFIX}{}-probe", std::process::id());

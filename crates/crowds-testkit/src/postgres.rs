@@ -37,7 +37,7 @@ fn bin_dir() -> PathBuf {
     found.pop().unwrap_or_else(|| {
         panic!(
             "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): \
-             apt-get install postgresql (.ci/run does this)"
+             apt-get install postgresql (tools/test --all does this)"
         )
     })
 }

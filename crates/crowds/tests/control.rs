@@ -109,7 +109,7 @@ fn chromium_dump(url: &str, shot: &Path, profile: &Path) -> String {
         .arg(format!("--screenshot={}", shot.display()))
         .arg(url)
         .output()
-        .expect("chromium (installed by .ci/run)");
+        .expect("chromium (tools/test --all installs it)");
     assert!(
         out.status.success(),
         "chromium failed: {}",

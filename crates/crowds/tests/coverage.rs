@@ -40,7 +40,7 @@
 //! at least [`MIN_SHARE`]. CI loads every page once (about 35 s); `CROWDS_FULL=1` does
 //! [`FULL_ROUNDS`] rounds.
 //!
-//! `cargo test -p crowds --test coverage -- --nocapture` prints the table.
+//! `cargo test -p crowds --features heavy --test coverage -- --nocapture` prints the table.
 
 use crowds_testkit::web;
 

@@ -40,7 +40,7 @@ pub fn require_tool(program: &str, version_arg: &str) {
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "{program} is needed by this test and cannot be run: install it (.ci/run does: \
+        "{program} is needed by this test and cannot be run: install it (tools/test --all does: \
          apt-get install -y chromium python3-requests python3-socks curl)"
     );
 }
