@@ -151,7 +151,7 @@ impl Kit {
         (p, addr, pub_path)
     }
 
-    /// Like [`start_blender`], on `addr`, with `name` for its log files.
+    /// Like [`Kit::start_blender`], on `addr`, with `name` for its log files.
     pub async fn start_blender_at(
         self,
         name: &str,

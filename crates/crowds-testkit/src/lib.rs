@@ -29,9 +29,6 @@
 //! let crowd = Crowd::builder(KIT, 4).start().await;
 //! ```
 
-// A failed expectation in a test helper is a failed test: panicking is its job.
-#![allow(clippy::unwrap_used)]
-
 pub mod client;
 pub mod crowd;
 pub mod fake_blender;

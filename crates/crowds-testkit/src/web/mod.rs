@@ -2,7 +2,7 @@
 //! (curl, Python `requests`, headless Chromium) run as child processes in their own
 //! process groups (killed on drop), a test certificate authority, a recording web
 //! origin over HTTP and HTTPS serving a small multi-resource site and test routes, a
-//! raw TCP origin that misbehaves on purpose (in [`origin`](self::origin)), and probes of
+//! raw TCP origin that misbehaves on purpose (in [`origin`]), and probes of
 //! the paths through a crowd. Everything listens and connects on 127.0.0.0/8 only.
 
 pub mod origin;
