@@ -1,7 +1,7 @@
 //! The printed table and the PASS/FAIL lines of issue 6's targets (ratios measured in
 //! the same run; a missed target is reported, never turned into a failing exit).
 
-use crate::{PathRow, Results, TargetLine};
+use crate::results::{PathRow, Results, TargetLine};
 use std::fmt::Write;
 
 fn us(v: Option<f64>) -> String {

@@ -2,24 +2,25 @@
 //! and password guessing at the blender. Every case checks that the attacker is limited
 //! and that honest users are still served.
 
-mod common;
-
-use common::*;
 use crowds_jondo::blender_client::BlenderClient;
 use crowds_net::NodeError;
 use crowds_proto::identity::PublicKey;
 use crowds_proto::relay::{ERROR_HEADER, PATH_HEADER};
+use crowds_testkit::*;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
+
 /// 1000 clients that send half a request head and stall must not stop a normal request
 /// from being served promptly, on the HTTP proxy and on the SOCKS port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_half_open_clients_do_not_starve_others() {
-    let crowd = Crowd::start(2).await;
+    let crowd = Crowd::start(KIT, 2).await;
     let origin = Origin::start().await;
     let victim = &crowd.jondos[0];
     let mut stalled = Vec::new();
@@ -44,13 +45,13 @@ async fn slow_and_half_open_clients_do_not_starve_others() {
     let started = Instant::now();
     let mut client = HttpClient::connect(victim.proxy).await.expect("connect");
     let url = format!("http://{}/whoami", origin.addr);
-    let (status, _, body) = tokio::time::timeout(Duration::from_secs(15), client.get(&url, &[]))
+    // A generous deadline: stalled clients that blocked the proxy would hang it forever.
+    let (status, _, body) = tokio::time::timeout(REQUEST_TIMEOUT, client.get(&url, &[]))
         .await
         .expect("a normal request is served while 1000 clients stall")
         .expect("request");
     assert_eq!(status, 200, "{body:?}");
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(15), "took {took:?}");
+    eprintln!("served in {:?} while 1000 clients stall", started.elapsed());
     // And the jondo is still healthy afterwards.
     let status = victim.status().await.expect("status");
     assert_eq!(status["admitted"], true);
@@ -61,7 +62,7 @@ async fn slow_and_half_open_clients_do_not_starve_others() {
 /// the per-predecessor limit, while other users keep being served through that jondo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_flooding_path_setups_is_limited_without_harming_others() {
-    let mut crowd = Crowd::start(3).await;
+    let mut crowd = Crowd::start(KIT, 3).await;
     let origin = Origin::start().await;
     // The flooder is a member whose key we hold; its own jondo is stopped, so no honest
     // traffic is relayed by it (a jondo cannot tell a flooder's own requests from those
@@ -185,8 +186,8 @@ async fn password_guessing_is_slowed_and_logged_without_secrets() {
     let blender_dir = dir.path().join("blender");
     let logs = dir.path().join("logs");
     let secret = "the correct horse battery";
-    account_add(&blender_dir, "victim-account", secret);
-    let (blender, addr, pub_path) = start_blender(&blender_dir, &logs, &[]).await;
+    KIT.account_add(&blender_dir, "victim-account", secret);
+    let (blender, addr, pub_path) = KIT.start_blender(&blender_dir, &logs, &[]).await;
     let blender_key = crowds_net::files::read_public_key(&pub_path).expect("key");
     let me = crowds_proto::identity::SecretKey::generate().expect("key");
     let client = BlenderClient::new(vec![addr.to_string()], &me, blender_key).expect("client");

@@ -13,12 +13,10 @@
 //! joins; a minute of 1,200 slowloris connections). The figures are printed:
 //! `cargo test -p crowds --test blender_abuse -- --nocapture --test-threads 1`.
 
-mod common;
-
 use bytes::Bytes;
-use common::*;
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::identity::{PublicKey, SecretKey};
+use crowds_testkit::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -31,6 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// Time allowed for one API call (a jondo allows 15 s).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,7 +212,7 @@ async fn spawn_blender(dir: &Path, args: &[&str]) -> (Proc, Api, SocketAddr) {
     let data = dir.join("blender");
     let addr = free_local_addr();
     let control = free_local_addr();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(KIT.bin());
     cmd.arg("blender")
         .arg("--data-dir")
         .arg(&data)
@@ -250,7 +251,7 @@ async fn a_password_flood_stays_within_memory_while_members_are_served() {
     let _heavy = HEAVY.lock().await;
     let control = free_local_addr();
     let control_arg = control.to_string();
-    let crowd = Crowd::start_with(2, &["--control-listen", &control_arg]).await;
+    let crowd = Crowd::start_with(KIT, 2, &["--control-listen", &control_arg]).await;
     let api = Api::of(&crowd);
     let pid = crowd.blender.pid().expect("blender pid");
     let before = blender_status(control).await;
@@ -380,7 +381,7 @@ async fn parallel_guesses_run_only_the_free_checks() {
     let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
     let secret = "the right password";
-    account_add(&dir.path().join("blender"), "victim", secret);
+    KIT.account_add(&dir.path().join("blender"), "victim", secret);
     let limit = 64usize;
     let (_blender, api, control) =
         spawn_blender(dir.path(), &["--max-throttled-keys", &limit.to_string()]).await;
@@ -536,6 +537,7 @@ async fn slowloris_leaves_the_crowd_whole() {
     let control_arg = control.to_string();
     let (handshake_timeout, read_timeout) = (Duration::from_secs(1), Duration::from_secs(2));
     let mut crowd = Crowd::start_with(
+        KIT,
         3,
         &[
             "--control-listen",
@@ -797,8 +799,8 @@ async fn slowloris_leaves_the_crowd_whole() {
 async fn only_members_and_pending_members_read_the_member_list() {
     let _heavy = HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
-    account_add(&dir.path().join("blender"), "first", "pw one");
-    account_add(&dir.path().join("blender"), "second", "pw two");
+    KIT.account_add(&dir.path().join("blender"), "first", "pw one");
+    KIT.account_add(&dir.path().join("blender"), "second", "pw two");
     let (_blender, api, _control) = spawn_blender(dir.path(), &["--join-interval", "24h"]).await;
     let (first, second, stranger) = (
         Arc::new(SecretKey::generate().expect("key")),
@@ -908,6 +910,7 @@ async fn a_dropped_jondo_reads_the_document_again_after_rejoining() {
     let control = free_local_addr();
     let control_arg = control.to_string();
     let crowd = Crowd::start_with(
+        KIT,
         2,
         &[
             "--control-listen",

@@ -29,12 +29,10 @@
 //! Firefox is skipped, with a message, only if no Firefox is installed (CI installs
 //! firefox-esr).
 
-mod common;
-#[path = "common/web.rs"]
-mod web;
+use crowds_testkit::web;
 
 use bytes::Bytes;
-use common::*;
+use crowds_testkit::*;
 use http_body_util::Full;
 use hyper::{header, Request, Response};
 use hyper_util::rt::TokioIo;
@@ -48,6 +46,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use web::*;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// Jondos in the test crowds.
 const N: usize = 3;
@@ -590,7 +591,7 @@ fn signal(sig: &str, target: &str) {
 
 /// The launcher's command line.
 fn launcher(browser: Browser, control: SocketAddr, tmp: &Path, extra: &[String]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(KIT.bin());
     cmd.arg("browser")
         .args(["--browser", browser.flag()])
         .args(["--jondo-control", &control.to_string()])
@@ -706,7 +707,10 @@ async fn through_the_crowd(browser: Browser, program: &Path) {
     .await;
     // No timing defence: every request the jondo starts is then one the browser made,
     // and it reaches the origin (or the decoy) exactly once.
-    let crowd = start_crowd(N, true, &["--no-prefetch"]).await;
+    let crowd = Crowd::builder(KIT, N)
+        .jondo_args(&["--no-prefetch"])
+        .start()
+        .await;
     let members: Vec<IpAddr> = crowd.member_ips();
     let jondo = &crowd.jondos[0];
     eprintln!(
@@ -1024,7 +1028,7 @@ async fn the_launcher_refuses_a_jondo_it_cannot_use() {
     let run = |control: SocketAddr| {
         let program = program.display().to_string();
         async move {
-            run_to_end(
+            KIT.run_to_end(
                 &[
                     "browser",
                     "--browser-binary",
@@ -1061,7 +1065,7 @@ async fn the_launcher_refuses_a_jondo_it_cannot_use() {
     write_file_mode(&pw, "a password\n", 0o600);
     let ip = jondo_ip(40);
     let control = free_local_addr();
-    let mut jondo = spawn_jondo(&JondoSpec {
+    let mut jondo = KIT.spawn_jondo(&JondoSpec {
         name: "waiting-jondo",
         data_dir: &work.path().join("jondo"),
         blender: silent.local_addr().expect("address"),

@@ -5,12 +5,13 @@
 //! `/metrics`) counts forwarding members only; and the status page never promises
 //! probable innocence for HTTPS.
 
-mod common;
-
-use common::*;
 use crowds_proto::analysis::CrowdModel;
+use crowds_testkit::*;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// One jondo of a test crowd: its process and local ports.
 struct Member {
@@ -28,7 +29,7 @@ fn member(dir: &Path, i: usize, blender: SocketAddr, blender_pub: &Path, extra: 
     let ip = jondo_ip(60 + i);
     let peer = SocketAddr::new(IpAddr::V4(ip), free_port(ip));
     let (proxy, control) = (free_local_addr(), free_local_addr());
-    let proc = spawn_jondo(&JondoSpec {
+    let proc = KIT.spawn_jondo(&JondoSpec {
         name: &account,
         data_dir: &dir.join(&account),
         blender,
@@ -55,13 +56,13 @@ fn member(dir: &Path, i: usize, blender: SocketAddr, blender_pub: &Path, extra: 
 async fn blender(dir: &Path, n: usize, flags: &[&str]) -> (Proc, SocketAddr, std::path::PathBuf) {
     let data = dir.join("blender");
     for i in 0..n {
-        account_add(
+        KIT.account_add(
             &data,
             &format!("claims{i}"),
             &format!("password of claims{i}"),
         );
     }
-    start_blender(&data, &dir.join("logs"), flags).await
+    KIT.start_blender(&data, &dir.join("logs"), flags).await
 }
 
 /// Waits until `m`'s status satisfies `ok`, and returns it.

@@ -1,13 +1,14 @@
 //! The command line as a user meets it: refusals with clear messages (password file
 //! permissions, insecure pf, missing passwords) and `crowds demo` end to end.
 
-mod common;
-
-use common::*;
 use crowds_proto::identity::SecretKey;
+use crowds_testkit::*;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -21,7 +22,7 @@ async fn jondo_refuses_a_password_file_others_can_read() {
         let pw = dir.path().join(format!("password-{mode:o}"));
         write_file_mode(&pw, "a password\n", mode);
         let ip = jondo_ip(20);
-        let mut p = spawn_jondo(&JondoSpec {
+        let mut p = KIT.spawn_jondo(&JondoSpec {
             name: &format!("jondo-{mode:o}"),
             data_dir: &dir.path().join("data"),
             // Nothing listens there: the jondo must stop before trying.
@@ -59,7 +60,7 @@ async fn blender_with_pf(pf_args: &[&str]) -> (std::process::ExitStatus, String)
     let data = data.to_str().expect("utf-8 path");
     let mut args = vec!["blender", "--data-dir", data, "--listen", &listen];
     args.extend_from_slice(pf_args);
-    let (status, _, stderr) = run_to_end(&args, EXIT_TIMEOUT).await;
+    let (status, _, stderr) = KIT.run_to_end(&args, EXIT_TIMEOUT).await;
     (status, stderr)
 }
 
@@ -83,12 +84,13 @@ async fn blender_refuses_an_insecure_pf_unless_told() {
     }
     // With --insecure-pf, 0.4 runs (with a warning).
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut blender, _, pub_path) = start_blender(
-        &dir.path().join("data"),
-        dir.path(),
-        &["--pf", "0.4", "--insecure-pf"],
-    )
-    .await;
+    let (mut blender, _, pub_path) = KIT
+        .start_blender(
+            &dir.path().join("data"),
+            dir.path(),
+            &["--pf", "0.4", "--insecure-pf"],
+        )
+        .await;
     let key = std::fs::read_to_string(&pub_path).expect("blender.pub");
     crowds_proto::identity::PublicKey::from_hex(&key).expect("blender.pub holds a key");
     blender.assert_running();
@@ -104,9 +106,9 @@ async fn blender_refuses_an_insecure_pf_unless_told() {
 async fn account_add_reads_one_password_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("blender");
-    account_add(&data, "alice", "correct horse");
+    KIT.account_add(&data, "alice", "correct horse");
     // No password on standard input: refused, with a hint.
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(KIT.bin())
         .args(["account", "add", "--data-dir"])
         .arg(&data)
         .arg("bob")
@@ -117,7 +119,7 @@ async fn account_add_reads_one_password_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("password"), "{stderr}");
     // A name taken twice is refused.
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(KIT.bin())
         .args(["account", "add", "--data-dir"])
         .arg(&data)
         .arg("alice")
@@ -139,7 +141,7 @@ async fn account_add_reads_one_password_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Listing shows names, never passwords.
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(KIT.bin())
         .args(["account", "list", "--data-dir"])
         .arg(&data)
         .output()
@@ -153,19 +155,20 @@ async fn account_add_reads_one_password_line() {
 
 #[tokio::test]
 async fn demo_runs_requests_and_prints_who_the_server_saw() {
-    let (status, stdout, stderr) = run_to_end(
-        &[
-            "demo",
-            "--jondos",
-            "3",
-            "--requests",
-            "5",
-            "--proxy-port",
-            "0",
-        ],
-        Duration::from_secs(120),
-    )
-    .await;
+    let (status, stdout, stderr) = KIT
+        .run_to_end(
+            &[
+                "demo",
+                "--jondos",
+                "3",
+                "--requests",
+                "5",
+                "--proxy-port",
+                "0",
+            ],
+            Duration::from_secs(120),
+        )
+        .await;
     assert!(
         status.success(),
         "demo failed ({status}):\n{stdout}\n{stderr}"

@@ -1,15 +1,16 @@
 //! The user-facing surfaces: status pages in a real browser, Prometheus metrics, and
 //! `crowds init` configs that round-trip through `crowds jondo --config`.
 
-mod common;
-
-use common::*;
 use crowds_proto::analysis::CrowdModel;
+use crowds_testkit::*;
 use hyper::{header, Request, StatusCode};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// Checks Prometheus text exposition format 0.0.4 line by line; returns the samples.
 fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
@@ -108,7 +109,7 @@ fn chromium_dump(url: &str, shot: &Path, profile: &Path) -> String {
         .arg(format!("--screenshot={}", shot.display()))
         .arg(url)
         .output()
-        .expect("chromium (installed by .ci/run)");
+        .expect("chromium (tools/test --all installs it)");
     assert!(
         out.status.success(),
         "chromium failed: {}",
@@ -140,18 +141,24 @@ fn chromium_dump(url: &str, shot: &Path, profile: &Path) -> String {
 }
 
 /// Both status pages render in Chromium and show the crowd; metrics parse and move.
+/// Heavy tier (it needs Chromium): runs with `--features heavy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "heavy"),
+    ignore = "needs Chromium: heavy tier (--features heavy)"
+)]
 async fn status_pages_and_metrics() {
     let dir = tempfile::tempdir().expect("tmp");
     let blender_dir = dir.path().join("blender");
     let logs = dir.path().join("logs");
     for i in 0..2 {
-        account_add(&blender_dir, &format!("member{i}"), "a password");
+        KIT.account_add(&blender_dir, &format!("member{i}"), "a password");
     }
     let blender_control = free_local_addr();
     let control_arg = blender_control.to_string();
-    let (_blender, blender_addr, blender_pub) =
-        start_blender(&blender_dir, &logs, &["--control-listen", &control_arg]).await;
+    let (_blender, blender_addr, blender_pub) = KIT
+        .start_blender(&blender_dir, &logs, &["--control-listen", &control_arg])
+        .await;
     let pw = dir.path().join("pw");
     write_file_mode(&pw, "a password\n", 0o600);
     let mut jondos = Vec::new();
@@ -159,7 +166,7 @@ async fn status_pages_and_metrics() {
         let ip = jondo_ip(40 + i);
         let control = free_local_addr();
         let proxy = free_local_addr();
-        let proc = spawn_jondo(&JondoSpec {
+        let proc = KIT.spawn_jondo(&JondoSpec {
             name: &format!("member{i}"),
             data_dir: &dir.path().join(format!("j{i}")),
             blender: blender_addr,
@@ -359,8 +366,8 @@ async fn init_config_round_trips_and_bad_values_are_named() {
     let dir = tempfile::tempdir().expect("tmp");
     let blender_dir = dir.path().join("blender");
     let logs = dir.path().join("logs");
-    account_add(&blender_dir, "solo", "solo password");
-    let (_blender, blender_addr, blender_pub) = start_blender(&blender_dir, &logs, &[]).await;
+    KIT.account_add(&blender_dir, "solo", "solo password");
+    let (_blender, blender_addr, blender_pub) = KIT.start_blender(&blender_dir, &logs, &[]).await;
     let pw = dir.path().join("pw");
     write_file_mode(&pw, "solo password\n", 0o600);
     let ip = jondo_ip(45);
@@ -395,18 +402,18 @@ async fn init_config_round_trips_and_bad_values_are_named() {
         "--allow-private-destinations".into(),
     ];
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (status, _, stderr) = run_to_end(&argv, Duration::from_secs(30)).await;
+    let (status, _, stderr) = KIT.run_to_end(&argv, Duration::from_secs(30)).await;
     assert!(status.success(), "{stderr}");
     let text = std::fs::read_to_string(&config).expect("config written");
     assert!(text.contains("# Precedence:"), "commented: {text}");
     assert!(text.contains("exit_ports = \"80,443,8080\""), "{text}");
     assert!(data.join("identity.key").exists(), "identity key created");
     // A second init refuses to overwrite.
-    let (status, _, stderr) = run_to_end(&argv, Duration::from_secs(30)).await;
+    let (status, _, stderr) = KIT.run_to_end(&argv, Duration::from_secs(30)).await;
     assert!(!status.success() && stderr.contains("--force"), "{stderr}");
 
     // The written config alone runs a jondo that joins the crowd.
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(KIT.bin());
     cmd.arg("jondo").arg("--config").arg(&config);
     let _jondo = Proc::spawn("from-config", &mut cmd, &logs);
     eventually(
@@ -430,11 +437,12 @@ async fn init_config_round_trips_and_bad_values_are_named() {
     ] {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, format!("{line}\n")).expect("write");
-        let (status, _, stderr) = run_to_end(
-            &["jondo", "--config", bad.to_str().expect("path")],
-            Duration::from_secs(30),
-        )
-        .await;
+        let (status, _, stderr) = KIT
+            .run_to_end(
+                &["jondo", "--config", bad.to_str().expect("path")],
+                Duration::from_secs(30),
+            )
+            .await;
         assert!(!status.success(), "{line} was accepted");
         assert!(
             stderr.contains(key),

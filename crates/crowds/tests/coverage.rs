@@ -40,15 +40,13 @@
 //! at least [`MIN_SHARE`]. CI loads every page once (about 35 s); `CROWDS_FULL=1` does
 //! [`FULL_ROUNDS`] rounds.
 //!
-//! `cargo test -p crowds --test coverage -- --nocapture` prints the table.
+//! `cargo test -p crowds --features heavy --test coverage -- --nocapture` prints the table.
 
-mod common;
-#[path = "common/web.rs"]
-mod web;
+use crowds_testkit::web;
 
 use bytes::Bytes;
-use common::*;
 use crowds_proto::html::{normalize, Scanner};
+use crowds_testkit::*;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{header, Request, Response};
@@ -61,6 +59,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use web::*;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// The saved pages (tests/pages/NAME.html).
 const PAGES: [&str; 8] = [
@@ -643,7 +644,10 @@ async fn share_of_object_requests_answered_locally() {
     let work = tempfile::tempdir().expect("tempdir");
     let pages = SavedPages::start(&PAGES).await;
     let ports: Vec<String> = pages.addrs.iter().map(|a| a.port().to_string()).collect();
-    let crowd = start_crowd(3, true, &["--exit-ports", &ports.join(",")]).await;
+    let crowd = Crowd::builder(KIT, 3)
+        .jondo_args(&["--exit-ports", &ports.join(",")])
+        .start()
+        .await;
     eprintln!("crowd of 3 formed in {:?}", started.elapsed());
     let initiator = &crowd.jondos[0];
 

@@ -3,11 +3,9 @@
 //! recording origin server. One crowd is shared by every check (starting one takes a
 //! few seconds), each check in its own function so a failure names it.
 
-mod common;
-
-use common::*;
 use crowds_proto::headers::{CROWD_ACCEPT_LANGUAGE, CROWD_USER_AGENT};
 use crowds_proto::identity::{PublicKey, SecretKey};
+use crowds_testkit::*;
 use http_body_util::BodyExt;
 use hyper::{header, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,12 +17,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
+
 const N: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crowd_of_four_jondo_processes() {
     let started = Instant::now();
-    let mut crowd = Crowd::start(N).await;
+    let mut crowd = Crowd::start(KIT, N).await;
     eprintln!("crowd formed in {:?}", started.elapsed());
     let origin = Origin::start().await;
     let origin2 = Origin::start().await;
@@ -139,14 +140,15 @@ async fn blender_outage_and_restart(crowd: &mut Crowd, origin: &Origin) {
     for (i, j) in crowd.jondos.iter().enumerate() {
         fetch_ok(j.proxy, origin, &format!("blender-down-{i}")).await;
     }
-    let (blender, _) = start_blender_at(
-        "blender-restarted",
-        crowd.blender_addr,
-        &crowd.blender_dir,
-        &crowd.dir.path().join("logs"),
-        &["--pf", "0.75"],
-    )
-    .await;
+    let (blender, _) = KIT
+        .start_blender_at(
+            "blender-restarted",
+            crowd.blender_addr,
+            &crowd.blender_dir,
+            &crowd.dir.path().join("logs"),
+            &["--pf", "0.75"],
+        )
+        .await;
     crowd.blender = blender;
     eventually(
         "every jondo to reach the restarted blender and keep its epoch",
@@ -664,7 +666,7 @@ async fn peer_port_refuses_strangers(crowd: &mut Crowd, origin: &Origin) {
 /// A jondo with a wrong password (or an unknown account) exits non-zero, saying the
 /// blender refused the login; the blender and the crowd carry on.
 async fn wrong_password_is_refused(crowd: &mut Crowd, origin: &Origin) {
-    account_add(&crowd.blender_dir, "mallory", "the right password");
+    KIT.account_add(&crowd.blender_dir, "mallory", "the right password");
     let dir = crowd.dir.path().join("mallory");
     std::fs::create_dir_all(&dir).expect("dir");
     let pw = dir.join("password");
@@ -672,7 +674,7 @@ async fn wrong_password_is_refused(crowd: &mut Crowd, origin: &Origin) {
     let logs = crowd.dir.path().join("logs");
     for (name, account) in [("mallory", "mallory"), ("nobody", "no-such-account")] {
         let ip = jondo_ip(N);
-        let mut p = spawn_jondo(&JondoSpec {
+        let mut p = KIT.spawn_jondo(&JondoSpec {
             name,
             data_dir: &dir.join("data"),
             blender: crowd.blender_addr,
@@ -1089,7 +1091,7 @@ const HUGE: u64 = 1024 * 1024 * 1024;
 /// jondo on the path, hold a whole response in memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_and_writers_meet_backpressure() {
-    let crowd = Crowd::start(2).await;
+    let crowd = Crowd::start(KIT, 2).await;
     let origin = Origin::start().await;
     let rss = |crowd: &Crowd| -> Vec<u64> {
         crowd

@@ -15,12 +15,10 @@
 //!
 //! The origin is a small recording HTTP server in this file.
 
-mod common;
-#[path = "common/web.rs"]
-mod web;
+use crowds_testkit::web;
 
 use bytes::Bytes;
-use common::*;
+use crowds_testkit::*;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Request, Response, StatusCode};
@@ -31,6 +29,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use web::*;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 const N: usize = 3;
 const CURL_SECONDS: u64 = 60;
@@ -193,7 +194,10 @@ const NAVIGATION: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timing_defence_and_hygiene_hold() {
     let origin = Hostile::start().await;
-    let crowd = start_crowd(N, true, &["--strip-active-content"]).await;
+    let crowd = Crowd::builder(KIT, N)
+        .jondo_args(&["--strip-active-content"])
+        .start()
+        .await;
     let initiator = &crowd.jondos[0];
     let dir = tempfile::tempdir().expect("tempdir");
 

@@ -3,16 +3,17 @@
 //! against a real `crowds jondo` process talking to a fake blender that serves whatever
 //! document the test chooses (and, in another test, presents the wrong key).
 
-mod common;
-
-use common::fake_blender::*;
-use common::*;
 use crowds_proto::document::{DocumentError, MAGIC};
 use crowds_proto::identity::SecretKey;
 use crowds_proto::view::{Change, CrowdView, ViewError, MAX_CLOCK_SKEW_MS};
+use crowds_testkit::fake_blender::*;
+use crowds_testkit::*;
 use hyper::StatusCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 #[test]
 fn view_rejects_forged_stale_expired_and_malformed_documents() {
@@ -207,7 +208,7 @@ async fn jondo_process_adopts_only_genuine_current_documents() {
     let fake = FakeBlender::start(&blender_key).await;
     let origin = Origin::start().await;
     // Not allowed: this jondo's exit must refuse loopback servers.
-    let mut s = start_subject(dir.path(), fake.addr, blender_key.public(), false);
+    let mut s = start_subject(KIT, dir.path(), fake.addr, blender_key.public(), false);
 
     // It logs in over TLS with its identity key and announces its peer address.
     let joins = wait_joined(&fake, &mut s).await;
@@ -369,7 +370,7 @@ async fn jondo_refuses_a_blender_with_another_key() {
     fake.serve(Some(
         fresh(1, &[fake_member(1)]).sign(&impostor).expect("sign"),
     ));
-    let mut s = start_subject(dir.path(), fake.addr, pinned.public(), false);
+    let mut s = start_subject(KIT, dir.path(), fake.addr, pinned.public(), false);
     eventually("two connection attempts", Duration::from_secs(30), || {
         let n = fake.state.connections.load(Ordering::SeqCst);
         async move {

@@ -7,11 +7,9 @@
 //! `CROWDS_FULL=1` runs the long versions (more kills). `CROWDS_SEED=N` repeats a
 //! run's random choices (the seed is printed).
 
-mod common;
-#[path = "common/life.rs"]
-mod life;
+use crowds_testkit::life;
 
-use common::*;
+use crowds_testkit::*;
 use http_body_util::BodyExt;
 use hyper::{header, Request, StatusCode};
 use life::*;
@@ -21,6 +19,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// One test at a time: they measure recovery times and load both cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -46,8 +47,12 @@ fn seeded_rng(test: &str) -> rand_chacha::ChaCha8Rng {
 const TRANSFERS: usize = 200;
 /// Time every transfer has to be decided (completed or errored).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
-/// Time a surviving initiator has to get a fresh request through after a kill.
+/// The target time for a surviving initiator to get a fresh request through after a
+/// kill: printed when missed, not failed.
 const RECOVERY_BOUND: Duration = Duration::from_secs(10);
+/// The deadline for the same: a generous bound that only a crowd that does not recover
+/// misses.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// 8 jondos, 4 of them initiating 200 concurrent transfers (1 KiB to 4 MiB, with
 /// Content-Length or chunked, checked byte for byte); 3 other jondos are SIGKILLed one
@@ -62,7 +67,8 @@ async fn sigkill_members_during_transfers() {
     const N: usize = 8;
     let initiators: Vec<usize> = (0..4).collect();
     // The dead must be dropped within the test: a grace period as short as the timeout.
-    let mut crowd = LifeCrowd::start(N, Settings::new(41, "5s", &["--grace-period", "5s"])).await;
+    let mut crowd =
+        LifeCrowd::start(KIT, N, Settings::new(41, "5s", &["--grace-period", "5s"])).await;
     let origin = Origin::start().await;
     eprintln!("crowd of {N} formed in {:?}", test_started.elapsed());
 
@@ -167,11 +173,11 @@ async fn sigkill_members_during_transfers() {
             "  kill {n}: initiator {i} got a fresh request through {took:?} after the kill \
              ({failures} failed attempts; exit {ip})"
         );
-        assert!(
-            took <= RECOVERY_BOUND,
-            "kill {n}: initiator {i} needed {took:?} (more than {RECOVERY_BOUND:?}) to get a \
-             fresh request through"
-        );
+        // Measured, not asserted: the probe itself fails at RECOVERY_DEADLINE if
+        // nothing gets through.
+        if took > RECOVERY_BOUND {
+            eprintln!("  (kill {n}: slower than the {RECOVERY_BOUND:?} target)");
+        }
         recovery.push(took);
     }
 
@@ -260,9 +266,9 @@ async fn first_success_url(
             Err(e) => {
                 failures += 1;
                 assert!(
-                    since.elapsed() < RECOVERY_BOUND * 3,
-                    "{tag}: nothing got through {proxy} within {:?} ({failures} failures, last: {e})",
-                    RECOVERY_BOUND * 3
+                    since.elapsed() < RECOVERY_DEADLINE,
+                    "{tag}: nothing got through {proxy} within {RECOVERY_DEADLINE:?} \
+                     ({failures} failures, last: {e})"
                 );
             }
         }
@@ -286,7 +292,7 @@ async fn exit_kill_recovery_time() {
     let kills = if full_mode() { 20 } else { 5 };
     // Heartbeat timeout 10 s: a restarted member is back long before it; the default
     // rejoin interval (5 min) would refuse it if the blender had dropped it.
-    let mut crowd = LifeCrowd::start(N, Settings::new(51, "10s", &[])).await;
+    let mut crowd = LifeCrowd::start(KIT, N, Settings::new(51, "10s", &[])).await;
     let origin = Origin::start().await;
     let epoch = crowd.blender_status().await.expect("blender status")["epoch"]
         .as_u64()
@@ -361,11 +367,13 @@ async fn exit_kill_recovery_time() {
         times.iter().max().expect("kills"),
         median(&restarts)
     );
-    assert!(
-        median(&times) < Duration::from_secs(5),
-        "recovery median {:?}",
-        median(&times)
-    );
+    if median(&times) >= Duration::from_secs(5) {
+        eprintln!(
+            "RECOVERY: the median {:?} misses the 5 s target (printed, not failed: timing \
+             belongs to benchmarks)",
+            median(&times)
+        );
+    }
     eprintln!("exit_kill_recovery_time took {:?}", test_started.elapsed());
 }
 
@@ -400,7 +408,7 @@ async fn blender_outage_and_restart() {
     let _serial = SERIAL.lock().await;
     let test_started = Instant::now();
     const N: usize = 4;
-    let mut crowd = LifeCrowd::start(N, Settings::new(61, "5s", &[])).await;
+    let mut crowd = LifeCrowd::start(KIT, N, Settings::new(61, "5s", &[])).await;
     let origin = Origin::start().await;
     let mut watch = EpochWatch::default();
     let all: Vec<usize> = (0..N).collect();
@@ -417,7 +425,7 @@ async fn blender_outage_and_restart() {
             .unwrap_or_else(|e| panic!("member {i} before the outage: {e}"));
         exits.push(ip);
     }
-    let accounts_before = account_names(&crowd.blender_dir).await;
+    let accounts_before = account_names(KIT, &crowd.blender_dir).await;
 
     crowd.kill_blender();
     let killed = Instant::now();
@@ -511,7 +519,7 @@ async fn blender_outage_and_restart() {
     }
     eprintln!("epochs: {e1} before the outage, {e2} after the restart, {e3} with the newcomer");
 
-    let accounts_after = account_names(&crowd.blender_dir).await;
+    let accounts_after = account_names(KIT, &crowd.blender_dir).await;
     for a in accounts_before
         .iter()
         .chain([&crowd.members[newcomer].account])
@@ -550,7 +558,7 @@ async fn sigterm_with_transfer_in_flight() {
     let test_started = Instant::now();
     const N: usize = 5;
     let heartbeat_timeout = Duration::from_secs(60);
-    let mut crowd = LifeCrowd::start(N, Settings::new(71, "60s", &[])).await;
+    let mut crowd = LifeCrowd::start(KIT, N, Settings::new(71, "60s", &[])).await;
     let origin = Origin::start().await;
     let mut found = None;
     for cand in 0..N {
@@ -740,7 +748,7 @@ async fn sigterm_before_admission_exits_zero() {
     let ip = std::net::Ipv4Addr::new(127, 0, 0, 31);
     let ports = low_ports(ip, 4);
     let at = |k: usize| std::net::SocketAddr::new(ip.into(), ports[k]);
-    let mut p = spawn_jondo(&JondoSpec {
+    let mut p = KIT.spawn_jondo(&JondoSpec {
         name: "waiting",
         data_dir: &dir.path().join("jondo"),
         blender,
@@ -798,7 +806,7 @@ async fn joins_under_load_fail_no_request() {
     // Documents polled at the default interval (1 s), as deployed jondos do.
     let mut settings = Settings::new(91, "10s", &[]);
     settings.jondo = vec!["--heartbeat-interval".into(), "500ms".into()];
-    let mut crowd = LifeCrowd::start(N, settings).await;
+    let mut crowd = LifeCrowd::start(KIT, N, settings).await;
     let origin = Origin::start().await;
     let newcomers = crowd.create_members(JOINS);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

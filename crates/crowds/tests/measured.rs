@@ -27,17 +27,18 @@
 //! how many hops each jondo decided on it (slower: every status is read per path). The
 //! binary is built once, at the start, into `target/measure` (see `common/measure.rs`).
 
-mod common;
-#[path = "common/measure.rs"]
-mod measure;
+use crowds_testkit::measure;
 
-use common::*;
 use crowds_proto::analysis::CrowdModel;
+use crowds_testkit::*;
 use measure::*;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::time::Instant;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// Crowd size n.
 const N: usize = 12;
@@ -88,7 +89,7 @@ async fn anonymity_measured_on_a_real_crowd() {
         .filter(|&p| p >= 100)
         .unwrap_or(if full_mode() { FULL_PATHS } else { CI_PATHS });
     let build_logs = tempfile::tempdir().expect("tempdir");
-    let bin = measure_binary(build_logs.path()).await;
+    let bin = measure_binary(KIT, build_logs.path()).await;
     let built = started.elapsed();
 
     let t = Instant::now();

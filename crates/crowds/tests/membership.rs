@@ -12,14 +12,15 @@
 //! passes every second and a wrongly cut epoch would show at once) and asserts on the
 //! blender's and the jondos' `status.json` that the epoch and the member list stay put.
 
-mod common;
-#[path = "common/life.rs"]
-mod life;
+use crowds_testkit::life;
 
-use common::*;
+use crowds_testkit::*;
 use life::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// A member of the blender's member list: id, peer address, key.
 type Listed = (u64, String, String);
@@ -119,7 +120,7 @@ async fn settled(crowd: &LifeCrowd, n: usize) -> (u64, Vec<Listed>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_claim_another_members_address() {
     let settings = Settings::new(101, "2s", &["--grace-period", "60s"]);
-    let mut crowd = LifeCrowd::start(2, settings).await;
+    let mut crowd = LifeCrowd::start(KIT, 2, settings).await;
     let (epoch, listed) = settled(&crowd, 2).await;
     let victim = crowd.members[0].peer;
     assert!(
@@ -135,7 +136,7 @@ async fn a_member_cannot_claim_another_members_address() {
     extra.extend(["--advertise".to_string(), victim.to_string()]);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mallory = &crowd.members[m];
-    let proc = spawn_jondo(&JondoSpec {
+    let proc = KIT.spawn_jondo(&JondoSpec {
         name: &mallory.account,
         data_dir: &mallory.data_dir,
         blender: crowd.blender_addr,
@@ -231,7 +232,7 @@ async fn a_member_cannot_claim_another_members_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_gap_within_the_grace_period_changes_nothing() {
     let settings = Settings::new(111, "2s", &["--grace-period", "60s"]);
-    let mut crowd = LifeCrowd::start(3, settings).await;
+    let mut crowd = LifeCrowd::start(KIT, 3, settings).await;
     let (epoch, listed) = settled(&crowd, 3).await;
     let sleeper = 1;
     let pid = crowd.members[sleeper].pid().expect("running");
@@ -315,7 +316,7 @@ async fn a_heartbeat_gap_within_the_grace_period_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_briefly_unreachable_blender_drops_nobody() {
     let settings = Settings::new(121, "2s", &["--grace-period", "5s"]);
-    let mut crowd = LifeCrowd::start(3, settings).await;
+    let mut crowd = LifeCrowd::start(KIT, 3, settings).await;
     let (epoch, listed) = settled(&crowd, 3).await;
     let all = [0, 1, 2];
     let pid = crowd

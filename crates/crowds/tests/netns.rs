@@ -8,16 +8,17 @@
 //! Needs root (network namespaces), iproute2, nftables, curl and python3; fails with
 //! a clear message where they are missing rather than passing silently.
 
-mod common;
-#[path = "common/netns.rs"]
-mod netns;
+use crowds_testkit::netns;
 
-use common::*;
+use crowds_testkit::*;
 use netns::*;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 const BLENDER_PORT: u16 = 7000;
 const BLENDER_CONTROL_PORT: u16 = 7001;
@@ -107,7 +108,7 @@ async fn whoami_in(ns: &str, tag: &str) -> Result<Ipv4Addr, String> {
 fn spawn_jondo_in(ns: &str, i: usize, dir: &Path, blender_pub: &Path) -> Proc {
     let account = format!("h{i}");
     let pw = dir.join(format!("{account}.password"));
-    let mut cmd = Lab::exec(ns, BIN);
+    let mut cmd = Lab::exec(ns, KIT.bin());
     cmd.arg("jondo")
         .arg("--data-dir")
         .arg(dir.join(&account))
@@ -196,14 +197,14 @@ async fn firewalled_member_is_client_only() {
     let blender_dir = dir.path().join("blender");
     for i in 0..HOSTS {
         let pw = format!("password of h{i}");
-        account_add(&blender_dir, &format!("h{i}"), &pw);
+        KIT.account_add(&blender_dir, &format!("h{i}"), &pw);
         write_file_mode(
             &dir.path().join(format!("h{i}.password")),
             &format!("{pw}\n"),
             0o600,
         );
     }
-    let mut cmd = Lab::exec(&lab.hub, BIN);
+    let mut cmd = Lab::exec(&lab.hub, KIT.bin());
     cmd.arg("blender")
         .arg("--data-dir")
         .arg(&blender_dir)

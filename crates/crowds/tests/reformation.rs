@@ -2,17 +2,18 @@
 //! cheaply must not change an initiator's path, and a genuinely dead successor still
 //! does. Real jondo processes on 127.0.0.x, a real origin, real TLS links.
 
-mod common;
-
-use common::*;
 use crowds_proto::identity::PublicKey;
 use crowds_proto::relay::{ERROR_HEADER, PATH_HEADER};
+use crowds_testkit::*;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// The address the origin saw for a `GET /whoami` through `proxy`: the path's exit.
 async fn exit_of(proxy: SocketAddr, origin: &Origin) -> IpAddr {
@@ -46,7 +47,7 @@ async fn snapshot(crowd: &Crowd, initiator: usize) -> Snapshot {
 /// request, and the initiator's path, its exit and the epoch stay as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_aborts_and_malformed_bodies_do_not_reform_the_path() {
-    let crowd = Crowd::start(4).await;
+    let crowd = Crowd::start(KIT, 4).await;
     let origin = Origin::start().await;
     let j = &crowd.jondos[0];
     let exit = exit_of(j.proxy, &origin).await;
@@ -90,7 +91,7 @@ async fn client_aborts_and_malformed_bodies_do_not_reform_the_path() {
 /// request is retried on a re-formed hop that avoids the dead member, and it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_successor_still_reforms_the_hop() {
-    let mut crowd = Crowd::start(5).await;
+    let mut crowd = Crowd::start(KIT, 5).await;
     let origin = Origin::start().await;
     // Find an initiator whose exit is another member (a path ends at its own jondo
     // with probability of about a fifth, so this takes a try or two; all five do with
@@ -145,7 +146,7 @@ async fn a_dead_successor_still_reforms_the_hop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_made_with_an_old_key_close_when_the_key_changes() {
     // Re-keying is a re-join: allowed at once here (the default is once a week).
-    let mut crowd = Crowd::start_with(3, &["--rejoin-interval", "0s"]).await;
+    let mut crowd = Crowd::start_with(KIT, 3, &["--rejoin-interval", "0s"]).await;
     let victim = &crowd.jondos[0];
     let old_key = crowd.jondos[1].identity();
     let victim_key: PublicKey = victim.identity().public();
@@ -184,7 +185,7 @@ async fn links_made_with_an_old_key_close_when_the_key_changes() {
     let logs = crowd.dir.path().join("logs");
     let pw_file = crowd.dir.path().join("jondo1.password");
     let j1 = &crowd.jondos[1];
-    let proc = spawn_jondo(&JondoSpec {
+    let proc = KIT.spawn_jondo(&JondoSpec {
         name: "jondo1-rekeyed",
         data_dir: &j1.data_dir,
         blender: crowd.blender_addr,
@@ -255,10 +256,10 @@ async fn a_newcomer_is_told_when_it_will_be_admitted() {
     let dir = tempfile::tempdir().expect("tmp");
     let (blender_dir, logs) = (dir.path().join("blender"), dir.path().join("logs"));
     for i in 0..2 {
-        account_add(&blender_dir, &format!("j{i}"), &format!("pw {i}"));
+        KIT.account_add(&blender_dir, &format!("j{i}"), &format!("pw {i}"));
     }
     let addr = free_local_addr();
-    let mut cmd = std::process::Command::new(BIN);
+    let mut cmd = std::process::Command::new(KIT.bin());
     cmd.arg("blender")
         .arg("--data-dir")
         .arg(&blender_dir)
@@ -277,7 +278,7 @@ async fn a_newcomer_is_told_when_it_will_be_admitted() {
         let pw_file = dir.path().join(format!("j{i}.password"));
         write_file_mode(&pw_file, &format!("pw {i}\n"), 0o600);
         let control = free_local_addr();
-        let proc = spawn_jondo(&JondoSpec {
+        let proc = KIT.spawn_jondo(&JondoSpec {
             name: &format!("j{i}"),
             data_dir: &data_dir,
             blender: addr,

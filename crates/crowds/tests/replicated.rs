@@ -7,19 +7,20 @@
 //! jondo fails over to the surviving blender, new members join through it, and no
 //! account is lost.
 
-mod common;
-#[path = "common/postgres.rs"]
-mod postgres;
+use crowds_testkit::postgres;
 
-use common::*;
 use crowds_blender::store::{DatabaseConfig, Store};
 use crowds_jondo::blender_client::BlenderClient;
 use crowds_proto::document::CrowdDocument;
 use crowds_proto::identity::{PublicKey, SecretKey};
+use crowds_testkit::*;
 use http::{Method, StatusCode};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// Runs `f` on the shared store, on a plain thread: the `postgres` crate runs its own
 /// small runtime, which must not be nested in the test's.
@@ -103,7 +104,7 @@ impl Shared {
     }
 
     fn add_account(&self, name: &str, password: &str) {
-        account_add_with(
+        KIT.account_add_with(
             &self.blender_dir,
             name,
             password,
@@ -137,7 +138,9 @@ impl Shared {
             "--control-listen",
             control_text.as_str(),
         ];
-        let (p, key) = start_blender_at(name, addr, &self.blender_dir, &self.logs, &args).await;
+        let (p, key) = KIT
+            .start_blender_at(name, addr, &self.blender_dir, &self.logs, &args)
+            .await;
         (p, key, control)
     }
 }
@@ -163,7 +166,7 @@ fn spawn_member(shared: &Shared, i: u8, blenders: &[SocketAddr], key: &Path) -> 
         extra.extend(["--blender", b.as_str()]);
     }
     let data_dir = shared.dir.path().join(&account);
-    let proc = spawn_jondo(&JondoSpec {
+    let proc = KIT.spawn_jondo(&JondoSpec {
         name: &account,
         data_dir: &data_dir,
         blender: blenders[0],
@@ -421,19 +424,20 @@ async fn named_crowds_are_separate() {
     let dir = tempfile::tempdir().expect("tmp");
     let blender_dir = dir.path().join("blender");
     let logs = dir.path().join("logs");
-    account_add(&blender_dir, "fast1", "pw");
-    account_add_with(&blender_dir, "slow1", "pw", &["--crowd", "slow"]);
-    account_add_with(&blender_dir, "slow2", "pw", &["--crowd", "slow"]);
-    account_add_with(&blender_dir, "lost1", "pw", &["--crowd", "unserved"]);
+    KIT.account_add(&blender_dir, "fast1", "pw");
+    KIT.account_add_with(&blender_dir, "slow1", "pw", &["--crowd", "slow"]);
+    KIT.account_add_with(&blender_dir, "slow2", "pw", &["--crowd", "slow"]);
+    KIT.account_add_with(&blender_dir, "lost1", "pw", &["--crowd", "unserved"]);
     let addr = addr_on(Ipv4Addr::new(127, 0, 3, 6));
-    let (_blender, key_path) = start_blender_at(
-        "blender",
-        addr,
-        &blender_dir,
-        &logs,
-        &["--crowd", "slow=0.6"],
-    )
-    .await;
+    let (_blender, key_path) = KIT
+        .start_blender_at(
+            "blender",
+            addr,
+            &blender_dir,
+            &logs,
+            &["--crowd", "slow=0.6"],
+        )
+        .await;
     let key = crowds_net::files::read_public_key(&key_path).expect("key");
     let client = |_: usize| {
         BlenderClient::new(
@@ -537,16 +541,17 @@ async fn jondos_follow_the_blenders_interval_hints_unless_told() {
     let blender_dir = dir.path().join("blender");
     let logs = dir.path().join("logs");
     let addr = addr_on(Ipv4Addr::new(127, 0, 3, 7));
-    account_add(&blender_dir, "follower", "pw");
-    account_add(&blender_dir, "own", "pw");
-    let (_blender, key_path) = start_blender_at(
-        "blender",
-        addr,
-        &blender_dir,
-        &logs,
-        &["--heartbeat-timeout", "60s"],
-    )
-    .await;
+    KIT.account_add(&blender_dir, "follower", "pw");
+    KIT.account_add(&blender_dir, "own", "pw");
+    let (_blender, key_path) = KIT
+        .start_blender_at(
+            "blender",
+            addr,
+            &blender_dir,
+            &logs,
+            &["--heartbeat-timeout", "60s"],
+        )
+        .await;
     let mut jondos = Vec::new();
     for (i, (account, extra)) in [
         ("follower", &[][..]),
@@ -561,7 +566,7 @@ async fn jondos_follow_the_blenders_interval_hints_unless_told() {
         let at = |_: usize| SocketAddr::new(IpAddr::V4(ip), free_port(ip));
         let control = at(3);
         let data_dir = dir.path().join(account);
-        let proc = spawn_jondo(&JondoSpec {
+        let proc = KIT.spawn_jondo(&JondoSpec {
             name: account,
             data_dir: &data_dir,
             blender: addr,

@@ -5,15 +5,16 @@
 //! noise). CI runs 2,000 requests over 4 membership changes; `CROWDS_FULL=1` runs
 //! 20,000 requests over 12 (at least 10 epochs after the warm-up).
 
-mod common;
-#[path = "common/life.rs"]
-mod life;
+use crowds_testkit::life;
 
-use common::*;
+use crowds_testkit::*;
 use life::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 /// Long-lived members whose resources are watched.
 const N: usize = 5;
@@ -174,7 +175,7 @@ async fn soak_fds_and_rss_stay_flat() {
     let total = if full { 20_000 } else { 2_000 };
     let changes = if full { 12 } else { 4 };
     let deadline = test_started + Duration::from_secs(if full { 1800 } else { 240 });
-    let mut crowd = LifeCrowd::start(N, Settings::new(81, "5s", &[])).await;
+    let mut crowd = LifeCrowd::start(KIT, N, Settings::new(81, "5s", &[])).await;
     let origin = Origin::start().await;
     let extras = crowd.create_members(changes / 2);
     let base: Vec<usize> = (0..N).collect();

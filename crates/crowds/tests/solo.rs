@@ -2,14 +2,15 @@
 //! document that lists only itself. Its paths never leave it, so it is its own exit:
 //! what it lets through reaches the server without any other jondo's checks.
 
-mod common;
-
-use common::fake_blender::*;
-use common::*;
 use crowds_proto::identity::SecretKey;
+use crowds_testkit::fake_blender::*;
+use crowds_testkit::*;
 use hyper::StatusCode;
 use std::net::IpAddr;
 use std::time::Duration;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_member_is_its_own_exit_and_enforces_the_head_limit() {
@@ -17,7 +18,7 @@ async fn a_lone_member_is_its_own_exit_and_enforces_the_head_limit() {
     let key = SecretKey::generate().expect("key");
     let fake = FakeBlender::start(&key).await;
     let origin = Origin::start().await;
-    let mut s = start_subject(dir.path(), fake.addr, key.public(), true);
+    let mut s = start_subject(KIT, dir.path(), fake.addr, key.public(), true);
     wait_joined(&fake, &mut s).await;
     let me = member(1, s.key, s.peer);
     fake.serve(Some(fresh(1, &[me]).sign(&key).expect("sign")));

@@ -6,11 +6,9 @@
 //! CI sizes: 256 MiB down, 64 MiB up. `CROWDS_FULL=1` runs the full sizes (1 GiB down,
 //! 256 MiB up). Throughput and memory are printed (run with `--nocapture`).
 
-mod common;
-#[path = "common/web.rs"]
-mod web;
+use crowds_testkit::web;
 
-use common::*;
+use crowds_testkit::*;
 use hyper::StatusCode;
 use std::time::{Duration, Instant};
 use web::*;
@@ -42,7 +40,7 @@ async fn big_transfers_and_many_downloads() {
         (256 * MIB, 64 * MIB)
     };
     let t = Instant::now();
-    let mut crowd = Crowd::start(5).await;
+    let mut crowd = Crowd::start(KIT, 5).await;
     eprintln!("crowd of 5 formed in {:?}", t.elapsed());
     let origin = WebOrigin::start(None).await;
     let work = tempfile::tempdir().expect("tempdir");
@@ -211,3 +209,6 @@ async fn big_transfers_and_many_downloads() {
 }
 
 use sha2::Digest;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));

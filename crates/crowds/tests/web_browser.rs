@@ -15,16 +15,17 @@
 //! Also prints the page-load time (the whole Chromium process) through the crowd and
 //! direct, for the same page (several runs each; more with `CROWDS_FULL=1`).
 
-mod common;
-#[path = "common/web.rs"]
-mod web;
+use crowds_testkit::web;
 
-use common::*;
+use crowds_testkit::*;
 use hyper::StatusCode;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use web::*;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 const N: usize = 5;
 /// Time one Chromium run may take.
@@ -121,7 +122,10 @@ async fn chromium_renders_a_site_through_a_crowd_of_five() {
         bench_origin.http.port()
     );
     let t = Instant::now();
-    let crowd = start_crowd(N, true, &["--exit-ports", &ports]).await;
+    let crowd = Crowd::builder(KIT, N)
+        .jondo_args(&["--exit-ports", &ports])
+        .start()
+        .await;
     eprintln!("crowd of {N} formed in {:?}", t.elapsed());
     let members: Vec<IpAddr> = crowd.member_ips();
     let initiator = &crowd.jondos[0];

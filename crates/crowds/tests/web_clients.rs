@@ -11,11 +11,9 @@
 //! `--allow-private-destinations` for the exit-policy refusals; three members with
 //! `--idle-timeout 3s --server-timeout 3s` for stalled servers and idle tunnels.
 
-mod common;
-#[path = "common/web.rs"]
-mod web;
+use crowds_testkit::web;
 
-use common::*;
+use crowds_testkit::*;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use web::*;
+
+/// The `crowds` binary these tests run.
+const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 
 const N: usize = 5;
 const MIB: u64 = 1024 * 1024;
@@ -78,7 +79,7 @@ async fn curl_and_python_through_a_crowd_of_five() {
     let origin = WebOrigin::start(Some(&ca)).await;
     let raw = RawOrigin::start().await;
     let t = Instant::now();
-    let crowd = Crowd::start(N).await;
+    let crowd = Crowd::start(KIT, N).await;
     eprintln!("crowd of {N} formed in {:?}", t.elapsed());
     let mut env = Env {
         crowd,
@@ -721,7 +722,7 @@ async fn exit_policy_refusals_at_a_public_only_exit() {
     let work = tempfile::tempdir().expect("tempdir");
     let origin = WebOrigin::start(None).await;
     let t = Instant::now();
-    let crowd = start_crowd(1, false, &[]).await;
+    let crowd = Crowd::builder(KIT, 1).allow_private(false).start().await;
     eprintln!("crowd of 1 formed in {:?}", t.elapsed());
     let j = &crowd.jondos[0];
     let curl = |name: &'static str, rest: Vec<String>| {
@@ -850,7 +851,10 @@ async fn stalled_servers_and_idle_tunnels_time_out() {
     let origin = WebOrigin::start(None).await;
     let raw = RawOrigin::start().await;
     let t = Instant::now();
-    let crowd = start_crowd(3, true, &["--idle-timeout", "3s", "--server-timeout", "3s"]).await;
+    let crowd = Crowd::builder(KIT, 3)
+        .jondo_args(&["--idle-timeout", "3s", "--server-timeout", "3s"])
+        .start()
+        .await;
     eprintln!("crowd of 3 formed in {:?}", t.elapsed());
     let dir = work.path();
     let curl = |name: String, i: usize, rest: Vec<String>| {

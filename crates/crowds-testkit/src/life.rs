@@ -4,23 +4,15 @@
 //! members; transfers classified as complete, errored, corrupt or hung; and process
 //! resource readings (file descriptors, RSS).
 //!
-//! Included by the suites with `#[path = "common/life.rs"] mod life;` next to
-//! `mod common;`, so the shared harness stays untouched. Everything runs on 127.0.0.0/8.
+//! Everything runs on 127.0.0.0/8.
 
-#![allow(dead_code)]
-
-use crate::common::*;
+use crate::*;
 use hyper::{header, Request, StatusCode};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// `CROWDS_FULL=1`: the long versions (more kills, more requests, more epochs).
-pub fn full_mode() -> bool {
-    std::env::var("CROWDS_FULL").is_ok_and(|v| v == "1")
-}
 
 /// How the processes of a [`LifeCrowd`] are started.
 #[derive(Clone, Debug)]
@@ -105,6 +97,8 @@ impl Member {
 /// A blender and its members as processes the test controls; everything is killed on
 /// drop (and the last log lines of every process are printed if the test failed).
 pub struct LifeCrowd {
+    /// The binary the crowd runs.
+    pub kit: Kit,
     /// Holds data directories and logs (removed last).
     pub dir: tempfile::TempDir,
     /// Log files of every process.
@@ -159,7 +153,7 @@ impl Drop for LifeCrowd {
 impl LifeCrowd {
     /// Starts a blender and `n` members and waits until every member is admitted in a
     /// document listing all `n`.
-    pub async fn start(n: usize, settings: Settings) -> LifeCrowd {
+    pub async fn start(kit: Kit, n: usize, settings: Settings) -> LifeCrowd {
         let dir = tempfile::Builder::new()
             .prefix("crowds-life-")
             .tempdir()
@@ -169,6 +163,7 @@ impl LifeCrowd {
         let blender_ip = Ipv4Addr::new(127, 0, 0, settings.ip_base - 1);
         let ports = low_ports(blender_ip, 2);
         let mut crowd = LifeCrowd {
+            kit,
             blender_pub: blender_dir.join("blender.pub"),
             blender_dir,
             logs,
@@ -207,18 +202,18 @@ impl LifeCrowd {
                 (account, password)
             })
             .collect();
-        let dir = &self.blender_dir;
+        let (kit, dir) = (self.kit, &self.blender_dir);
         let mut rest = names.as_slice();
         if !dir.join("blender.sqlite3").exists() {
             // The first account creates the database alone.
             if let Some(((a, p), tail)) = rest.split_first() {
-                account_add(dir, a, p);
+                kit.account_add(dir, a, p);
                 rest = tail;
             }
         }
         std::thread::scope(|s| {
             for (a, p) in rest {
-                s.spawn(move || account_add(dir, a, p));
+                s.spawn(move || kit.account_add(dir, a, p));
             }
         });
         for (account, password) in names {
@@ -269,7 +264,7 @@ impl LifeCrowd {
             format!("{}-restart{}", m.account, m.starts)
         };
         m.starts += 1;
-        m.proc = Some(spawn_jondo(&JondoSpec {
+        m.proc = Some(self.kit.spawn_jondo(&JondoSpec {
             name: &name,
             data_dir: &m.data_dir,
             blender: self.blender_addr,
@@ -308,14 +303,16 @@ impl LifeCrowd {
         let control = self.blender_control.to_string();
         let mut extra: Vec<&str> = self.settings.blender.iter().map(String::as_str).collect();
         extra.extend(["--control-listen", control.as_str()]);
-        let (p, _) = start_blender_at(
-            &name,
-            self.blender_addr,
-            &self.blender_dir,
-            &self.logs,
-            &extra,
-        )
-        .await;
+        let (p, _) = self
+            .kit
+            .start_blender_at(
+                &name,
+                self.blender_addr,
+                &self.blender_dir,
+                &self.logs,
+                &extra,
+            )
+            .await;
         self.blender = Some(p);
         let control = self.blender_control;
         eventually(
@@ -644,13 +641,14 @@ pub fn median(v: &[Duration]) -> Duration {
 }
 
 /// `crowds account list --data-dir DIR`: the account names.
-pub async fn account_names(data_dir: &Path) -> Vec<String> {
+pub async fn account_names(kit: Kit, data_dir: &Path) -> Vec<String> {
     let dir = data_dir.to_str().expect("utf-8 path");
-    let (status, out, err) = run_to_end(
-        &["account", "list", "--data-dir", dir],
-        Duration::from_secs(30),
-    )
-    .await;
+    let (status, out, err) = kit
+        .run_to_end(
+            &["account", "list", "--data-dir", dir],
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(status.success(), "crowds account list failed: {err}");
     out.lines()
         .filter_map(|l| l.split('\t').nth(1))

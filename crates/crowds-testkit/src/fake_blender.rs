@@ -2,12 +2,22 @@
 //! API over the same TLS (raw public keys), accepts any join, and serves whatever crowd
 //! document the test chooses, counting what it is asked.
 
-use super::*;
+use crate::*;
+use bytes::Bytes;
 use crowds_proto::document::{CrowdDocument, Member};
 use crowds_proto::identity::{PublicKey, SecretKey};
+use http_body_util::BodyExt;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::Method;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// One hour in milliseconds.
 pub const HOUR_MS: u64 = 3_600_000;
@@ -225,6 +235,7 @@ pub struct Subject {
 /// `blender`, with `pinned` in its blender key file; with `allow_private` its exit may
 /// reach loopback servers.
 pub fn start_subject(
+    kit: Kit,
     dir: &Path,
     blender: SocketAddr,
     pinned: PublicKey,
@@ -242,7 +253,7 @@ pub fn start_subject(
     let ip = jondo_ip(8);
     let peer = SocketAddr::new(IpAddr::V4(ip), free_port(ip));
     let (proxy, control) = (free_local_addr(), free_local_addr());
-    let proc = spawn_jondo(&JondoSpec {
+    let proc = kit.spawn_jondo(&JondoSpec {
         name: "subject",
         data_dir: &data_dir,
         blender,
@@ -310,6 +321,7 @@ pub async fn summary(s: &Subject) -> (u64, u64, bool) {
     )
 }
 
+/// Waits (bounded) until [`summary`] is `want`.
 pub async fn wait_summary(s: &Subject, want: (u64, u64, bool)) {
     eventually(
         &format!("status {want:?}"),

@@ -4,13 +4,10 @@
 //! measured figures are judged by (Wilson intervals at any confidence, chi-square
 //! quantiles).
 //!
-//! Included with `#[path = "common/measure.rs"] mod measure;` next to `mod common;`, so
-//! the shared harness stays untouched. Everything runs on 127.0.0.0/8; children are
+//! Everything runs on 127.0.0.0/8; children are
 //! killed on drop; waits are bounded polls.
 
-#![allow(dead_code)]
-
-use crate::common::*;
+use crate::*;
 use crowds_proto::analysis::Estimate;
 use hyper::{header, Request, StatusCode};
 use std::collections::HashMap;
@@ -20,11 +17,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// `CROWDS_FULL=1`: the long version (more paths).
-pub fn full_mode() -> bool {
-    std::env::var("CROWDS_FULL").is_ok_and(|v| v == "1")
-}
 
 /// The workspace root (two levels above this crate's manifest).
 pub fn workspace_root() -> PathBuf {
@@ -39,13 +31,13 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Builds `crowds` with the cargo feature `measure` into `target/measure` of the
 /// workspace, once, and returns the binary's path.
 ///
-/// The shipped binary under test (`CARGO_BIN_EXE_crowds`) must stay as it is, so the
+/// The shipped binary under test (`kit`) must stay as it is, so the
 /// measurement build gets its own target directory. Its intermediate artifacts go to the
 /// build directory of the build that compiled this test (cargo's `build.build-dir`,
 /// unless one is configured already): every dependency compiled there with the same
 /// settings is reused, and only `crowds-node` and `crowds` are compiled again with the
 /// feature. Cargo's own locks keep the two builds apart.
-pub async fn measure_binary(log_dir: &Path) -> PathBuf {
+pub async fn measure_binary(kit: Kit, log_dir: &Path) -> PathBuf {
     let root = workspace_root();
     let target = root.join("target").join("measure");
     let profile = if cfg!(debug_assertions) {
@@ -73,9 +65,7 @@ pub async fn measure_binary(log_dir: &Path) -> PathBuf {
         cmd.arg("--release");
     }
     // The directory holding the binary under test is `<target-dir>/<profile>/`.
-    let shared = Path::new(env!("CARGO_BIN_EXE_crowds"))
-        .parent()
-        .and_then(Path::parent);
+    let shared = kit.bin().parent().and_then(Path::parent);
     if std::env::var_os("CARGO_BUILD_BUILD_DIR").is_none() {
         if let Some(dir) = shared.filter(|d| d.is_dir()) {
             cmd.env("CARGO_BUILD_BUILD_DIR", dir);

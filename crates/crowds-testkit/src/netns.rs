@@ -4,10 +4,7 @@
 //! behind by an earlier run that died (their name carries its process id) are deleted
 //! at the start.
 //!
-//! Commands run inside a namespace with `ip netns exec NAME ...`. Included by a suite
-//! with `#[path = "common/netns.rs"] mod netns;` next to `mod common;`.
-
-#![allow(dead_code)]
+//! Commands run inside a namespace with `ip netns exec NAME ...`.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output, Stdio};
@@ -64,7 +61,7 @@ pub fn require_netns() {
         assert!(
             have(prog),
             "`{prog}` is not installed: the network-namespace tests need iproute2, \
-             nftables, curl and python3 (.ci/run installs them)"
+             nftables, curl and python3 (tools/test --all installs them)"
         );
     }
     let probe = format!("{PREFIX}{}-probe", std::process::id());
@@ -183,9 +180,9 @@ impl Lab {
     }
 
     /// A command run inside namespace `ns`.
-    pub fn exec(ns: &str, prog: &str) -> Command {
+    pub fn exec(ns: &str, prog: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, prog]);
+        c.args(["netns", "exec", ns]).arg(prog);
         c
     }
 

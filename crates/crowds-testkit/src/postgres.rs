@@ -4,9 +4,6 @@
 //!
 //! Uses the Debian packages' binaries (`/usr/lib/postgresql/<version>/bin`); as root
 //! (CI) the server runs as the `postgres` user, since PostgreSQL refuses to run as root.
-//! Included with `#[path = "common/postgres.rs"] mod postgres;` next to `mod common;`.
-
-#![allow(dead_code)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -40,7 +37,7 @@ fn bin_dir() -> PathBuf {
     found.pop().unwrap_or_else(|| {
         panic!(
             "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): \
-             apt-get install postgresql (.ci/run does this)"
+             apt-get install postgresql (tools/test --all does this)"
         )
     })
 }
@@ -66,7 +63,7 @@ impl Cluster {
                 .expect("chown");
             assert!(status.success(), "chown of the cluster directory failed");
         }
-        let port = crate::common::free_port(Ipv4Addr::LOCALHOST);
+        let port = crate::free_port(Ipv4Addr::LOCALHOST);
         let cluster = Cluster {
             dir,
             bin,
