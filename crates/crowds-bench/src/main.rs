@@ -4,7 +4,7 @@
 //! on 127.0.0.1):
 //!
 //! 1. the limit: chains of k plain TCP relays and of k TLS relays;
-//! 2. the crowd: paths of exactly k jondos (crowds-node's `bench` feature) and a normal
+//! 2. the crowd: paths of exactly k jondos (crowds-jondo's `bench` feature) and a normal
 //!    crowd at pf = 0.75;
 //! 3. tinyproxy and privoxy, single-hop proxies people use instead;
 //! 4. many concurrent clients through one jondo: requests/s and latency under load;

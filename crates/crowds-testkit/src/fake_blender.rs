@@ -22,13 +22,8 @@ use std::time::Duration;
 /// One hour in milliseconds.
 pub const HOUR_MS: u64 = 3_600_000;
 
-/// The wall clock in unix milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
+/// The wall clock in unix milliseconds (the daemons' own reading of it).
+pub use crowds_net::net::now_ms;
 
 /// A member entry.
 pub fn member(id: u64, key: PublicKey, addr: SocketAddr) -> Member {

@@ -35,7 +35,7 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// measurement build gets its own target directory. Its intermediate artifacts go to the
 /// build directory of the build that compiled this test (cargo's `build.build-dir`,
 /// unless one is configured already): every dependency compiled there with the same
-/// settings is reused, and only `crowds-node` and `crowds` are compiled again with the
+/// settings is reused, and only `crowds-jondo` and the crates above it are compiled again with the
 /// feature. Cargo's own locks keep the two builds apart.
 pub async fn measure_binary(kit: Kit, log_dir: &Path) -> PathBuf {
     let root = workspace_root();

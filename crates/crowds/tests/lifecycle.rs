@@ -30,12 +30,7 @@ fn seeded_rng(test: &str) -> rand_chacha::ChaCha8Rng {
     let seed = std::env::var("CROWDS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos() as u64
-        });
+        .unwrap_or_else(rand::random);
     eprintln!("{test}: CROWDS_SEED={seed}");
     rand_chacha::ChaCha8Rng::seed_from_u64(seed)
 }

@@ -278,8 +278,5 @@ impl Store {
 }
 
 pub(super) fn unix_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    (crowds_net::net::now_ms() / 1000) as i64
 }
