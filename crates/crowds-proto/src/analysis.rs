@@ -433,6 +433,31 @@ pub struct Estimate {
     pub samples: u64,
 }
 
+/// The Wilson score interval of `successes / trials` at normal quantile `z` (good even
+/// near 0 and 1, where the normal approximation collapses), or `None` without trials.
+pub fn wilson_interval(successes: u64, trials: u64, z: f64) -> Option<(f64, f64)> {
+    if trials == 0 {
+        return None;
+    }
+    let t = trials as f64;
+    let p = successes.min(trials) as f64 / t;
+    let z2 = z * z;
+    let denom = 1.0 + z2 / t;
+    let center = (p + z2 / (2.0 * t)) / denom;
+    let half = z * (p * (1.0 - p) / t + z2 / (4.0 * t * t)).sqrt() / denom;
+    let low = if successes == 0 {
+        0.0
+    } else {
+        (center - half).max(0.0)
+    };
+    let high = if successes >= trials {
+        1.0
+    } else {
+        (center + half).min(1.0)
+    };
+    Some((low, high))
+}
+
 impl Estimate {
     /// A proportion `successes / trials` with its Wilson score interval (good even near 0
     /// and 1, where the normal approximation collapses), or `None` without trials.
@@ -440,22 +465,8 @@ impl Estimate {
         if trials == 0 {
             return None;
         }
-        let t = trials as f64;
-        let p = successes.min(trials) as f64 / t;
-        let z2 = Z95 * Z95;
-        let denom = 1.0 + z2 / t;
-        let center = (p + z2 / (2.0 * t)) / denom;
-        let half = Z95 * (p * (1.0 - p) / t + z2 / (4.0 * t * t)).sqrt() / denom;
-        let low = if successes == 0 {
-            0.0
-        } else {
-            (center - half).max(0.0)
-        };
-        let high = if successes >= trials {
-            1.0
-        } else {
-            (center + half).min(1.0)
-        };
+        let p = successes.min(trials) as f64 / trials as f64;
+        let (low, high) = wilson_interval(successes, trials, Z95)?;
         Some(Self {
             value: p,
             low,

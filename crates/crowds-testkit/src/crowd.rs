@@ -170,30 +170,36 @@ impl Kit {
             .args(extra);
         let mut blender = Proc::spawn(name, &mut cmd, log_dir);
         let pub_path = data_dir.join("blender.pub");
-        eventually(
-            "the blender to write blender.pub and listen",
-            Duration::from_secs(30),
-            || {
-                let ready = pub_path.exists();
-                let exited = blender.exited();
-                let stderr = blender.stderr();
-                async move {
-                    if let Some(s) = exited {
-                        panic!("the blender exited ({s}); stderr:\n{stderr}");
-                    }
-                    if !ready {
-                        return Err("no blender.pub yet".to_string());
-                    }
-                    tokio::net::TcpStream::connect(addr)
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("connect: {e}"))
-                }
-            },
-        )
-        .await;
+        wait_blender(&mut blender, &pub_path, addr).await;
         (blender, pub_path)
     }
+}
+
+/// Waits (bounded) until a started blender has written `blender.pub` and listens on
+/// `addr`; panics with its standard error if it exits first.
+pub async fn wait_blender(blender: &mut Proc, pub_path: &Path, addr: SocketAddr) {
+    eventually(
+        "the blender to write blender.pub and listen",
+        Duration::from_secs(30),
+        || {
+            let ready = pub_path.exists();
+            let exited = blender.exited();
+            let stderr = blender.stderr();
+            async move {
+                if let Some(s) = exited {
+                    panic!("the blender exited ({s}); stderr:\n{stderr}");
+                }
+                if !ready {
+                    return Err("no blender.pub yet".to_string());
+                }
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("connect: {e}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// How to start a [`Crowd`]: `n` jondos on 127.0.0.(11 + i) and a blender (`--pf 0.75`,

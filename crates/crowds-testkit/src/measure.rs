@@ -205,24 +205,7 @@ impl MeasuredCrowd {
             .env_remove("CROWDS_MEASURE_COLLABORATOR");
         let mut blender = Proc::spawn("blender", &mut cmd, &logs);
         let blender_pub = blender_dir.join("blender.pub");
-        eventually("the blender to listen", Duration::from_secs(30), || {
-            let ready = blender_pub.exists();
-            let exited = blender.exited();
-            let stderr = blender.stderr();
-            async move {
-                if let Some(s) = exited {
-                    panic!("the blender exited ({s}); stderr:\n{stderr}");
-                }
-                if !ready {
-                    return Err("no blender.pub yet".to_string());
-                }
-                tokio::net::TcpStream::connect(blender_addr)
-                    .await
-                    .map(drop)
-                    .map_err(|e| format!("connect: {e}"))
-            }
-        })
-        .await;
+        crate::crowd::wait_blender(&mut blender, &blender_pub, blender_addr).await;
 
         let mut jondos = Vec::new();
         for (i, pw) in passwords.iter().enumerate() {
@@ -474,24 +457,7 @@ pub const Z9999_ONE_SIDED: f64 = 3.719_016_485_455_7;
 
 /// The Wilson score interval of `successes / trials` at normal quantile `z`.
 pub fn wilson(successes: u64, trials: u64, z: f64) -> (f64, f64) {
-    assert!(trials > 0, "no trials");
-    let t = trials as f64;
-    let p = successes.min(trials) as f64 / t;
-    let z2 = z * z;
-    let denom = 1.0 + z2 / t;
-    let center = (p + z2 / (2.0 * t)) / denom;
-    let half = z * (p * (1.0 - p) / t + z2 / (4.0 * t * t)).sqrt() / denom;
-    let low = if successes == 0 {
-        0.0
-    } else {
-        (center - half).max(0.0)
-    };
-    let high = if successes >= trials {
-        1.0
-    } else {
-        (center + half).min(1.0)
-    };
-    (low, high)
+    crowds_proto::analysis::wilson_interval(successes, trials, z).expect("no trials")
 }
 
 /// The chi-square quantile with `df` degrees of freedom at standard normal quantile `z`
