@@ -9,7 +9,7 @@
 //! 1. [`crowd`] (the current crowd), [`tunnel`] (splicing CONNECT tunnels hop by hop),
 //!    [`active`] (removal of scripts and plug-ins), [`blender_client`] (a jondo's calls
 //!    to the blender).
-//! 2. [`exit`] (submitting requests to servers) and [`prefetch`] (the timing defence:
+//! 2. [`exit`] (submitting requests to servers), then [`prefetch`] (the timing defence:
 //!    page bundles at the exit, the object cache at the initiator).
 //! 3. [`node`]: the relay engine: [`Node`] state and counters (`node.rs`), its
 //!    constructor (`node/new.rs`), document adoption and the low-pf refusal
