@@ -1,15 +1,15 @@
-//! `crowds account`: adding, listing and removing the blender's accounts, and the
-//! store flags (`--data-dir`, `--database`) the blender shares with it.
+//! `crowds account`: adding, listing and removing the blender's accounts. Where the
+//! store is (`--data-dir`, `--database`, `--database-password-file`) is the blender's
+//! settings ([`super::blender::STORE_KEYS`]), taken here as flags and environment.
 //!
 //! Passwords come from standard input or a file only its owner can read, never from
 //! argv; this module must not print one.
 
+use super::blender::{self, BlenderSettings, STORE_KEYS};
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use crowds_blender::store::{DatabaseConfig, Store};
-use crowds_net::files;
+use clap::{ArgMatches, Subcommand};
+use crowds_blender::store::Store;
 use std::io::BufRead;
-use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum AccountCommand {
@@ -42,45 +42,47 @@ pub enum AccountCommand {
     },
 }
 
-/// Where the blender keeps its accounts and crowds.
-#[derive(Args, Debug)]
-pub struct StoreArgs {
-    /// The blender's data directory (created if missing): its signing key, and the
-    /// SQLite database unless --database is given.
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// A PostgreSQL database shared by replicated blenders, as postgres://USER@HOST:PORT/DB
-    /// (no password in it: use --database-password-file) [default: SQLite in --data-dir].
-    #[arg(long, env = "CROWDS_DATABASE")]
-    database: Option<String>,
-    /// File holding the database password (first line; mode 0600).
-    #[arg(long, env = "CROWDS_DATABASE_PASSWORD_FILE", requires = "database")]
-    database_password_file: Option<PathBuf>,
+/// Where the blender keeps its accounts and crowds: the blender's store settings, given
+/// by flags and environment variables.
+#[derive(Debug)]
+pub struct StoreArgs(BlenderSettings);
+
+impl clap::FromArgMatches for StoreArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(BlenderSettings::from_matches(matches)))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// Without a config file to give them, clap checks that the data directory is given,
+/// and that a database password file comes with a database.
+impl clap::Args for StoreArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(
+            BlenderSettings::args()
+                .into_iter()
+                .filter(|arg| STORE_KEYS.contains(&arg.get_id().as_str()))
+                .map(|arg| match arg.get_id().as_str() {
+                    "data_dir" => arg.required(true),
+                    "database_password_file" => arg.requires("database"),
+                    _ => arg,
+                }),
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 impl StoreArgs {
-    /// The PostgreSQL database, with its password read from its file; `None` for SQLite.
-    pub fn database(&self) -> Result<Option<DatabaseConfig>> {
-        let Some(url) = &self.database else {
-            return Ok(None);
-        };
-        let password = self
-            .database_password_file
-            .as_deref()
-            .map(files::read_password_file)
-            .transpose()?
-            .map(std::sync::Arc::new);
-        Ok(Some(DatabaseConfig {
-            url: url.clone(),
-            password,
-        }))
-    }
-
     fn open(&self) -> Result<Store> {
-        Ok(Store::open_database(
-            &self.data_dir,
-            self.database()?.as_ref(),
-        )?)
+        let (data_dir, database) = blender::store(&self.0)?;
+        Ok(Store::open_database(&data_dir, database.as_ref())?)
     }
 }
 

@@ -1,136 +1,209 @@
-//! `crowds blender`: the blender's flags, their checks, and running the blender until a
-//! signal.
+//! `crowds blender`: the blender's settings (the one table their flags, environment
+//! variables, TOML keys, defaults and help come from), their merge into a
+//! [`BlenderConfig`], and running the blender until a signal.
 //!
 //! Every default is read from [`crowds_blender`] ([`BlenderConfig::new`], [`ApiLimits`]'s
-//! `Default` and the crate's constants); this module must not repeat one as a number.
-//! The blender's settings are flags only (no environment variables or file).
+//! `Default` and the crate's constants); this module must not repeat one as a number,
+//! nor parse a value itself beyond `--crowd`'s `NAME=PF` ([`super::settings`] does the
+//! rest). Secrets stay off the command line and out of the environment: the database
+//! password is read from the file `database_password_file` names.
 
-use super::accounts::StoreArgs;
+use super::settings::{config_arg, need, read_file, settings, Fallback, Limit, ListItem};
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::ArgMatches;
+use crowds_blender::store::DatabaseConfig;
 use crowds_blender::{self as blender, ApiLimits, BlenderConfig};
+use crowds_net::files;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The library's defaults, to read each flag's default from.
+/// The blender's config file in the XDG config directory.
+pub const CONFIG_FILE: &str = "blender.toml";
+
+/// The settings saying where the accounts and crowds are kept, which `crowds account`
+/// takes too.
+pub const STORE_KEYS: [&str; 3] = ["data_dir", "database", "database_password_file"];
+
+/// The library's defaults, to read each setting's default from.
 pub fn defaults() -> BlenderConfig {
     BlenderConfig::new(PathBuf::new(), SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-/// A duration written the way people write it (`30s`, `10m`, `1day`), so that a
-/// library default can be shown in the help and parsed back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span(pub Duration);
-
-impl std::fmt::Display for Span {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+settings! {
+    #[env_prefix = "CROWDS_BLENDER_"]
+    /// Blender settings, each from (in this order of precedence) its flag, its environment
+    /// variable (`CROWDS_BLENDER_` and the name in capitals; the database's keep their
+    /// older names), the TOML file given with `--config` (default:
+    /// `$XDG_CONFIG_HOME/crowds/blender.toml` if it exists), or its default.
+    pub struct BlenderSettings {
+        /// The blender's data directory (created if missing): its signing key, and the
+        /// SQLite database unless --database is given.
+        data_dir: PathBuf = Fallback::Required { example: "\"/var/lib/crowds-blender\"" };
+        /// A PostgreSQL database shared by replicated blenders, as
+        /// postgres://USER@HOST:PORT/DB (no password in it: use --database-password-file).
+        #[env = "CROWDS_DATABASE"]
+        database: String = Fallback::Unset {
+            meaning: "SQLite in --data-dir".into(),
+            example: "\"postgres://crowds@db.example.org:5432/crowds\"".into(),
+        };
+        /// File holding the database password (first line; mode 0600).
+        #[env = "CROWDS_DATABASE_PASSWORD_FILE"]
+        database_password_file: PathBuf = Fallback::Unset {
+            meaning: "none".into(),
+            example: "\"/etc/crowds/db-password\"".into(),
+        };
+        /// Address of the blender's API, HOST:PORT.
+        listen: SocketAddr = Fallback::Required { example: "\"0.0.0.0:7000\"" };
+        /// Forward probability pf of the default crowd (must be > 0.5 and < 1).
+        pf: f64 = Fallback::Value(defaults().forward_probability);
+        /// Also serve the named crowd with its own pf, as NAME=PF (the flag repeated or
+        /// comma-separated, in the file ["slow=0.6"]), e.g. a separate slow crowd for
+        /// poorly connected members: --crowd slow=0.6.
+        crowd: Vec<ExtraCrowd> = Fallback::Unset {
+            meaning: "none".into(),
+            example: "[\"slow=0.6\"]".into(),
+        };
+        /// Allow any pf in [0, 1) for experiments (no anonymity guarantee below 0.5).
+        insecure_pf: bool = Fallback::Value(false);
+        /// Epochs (batches of joins, leaves and drops; each re-forms every path) are cut
+        /// only at multiples of this interval since the unix epoch, and only when a change
+        /// is waiting: with the default, at midnight UTC. New members wait for the next one.
+        join_interval: Duration = Fallback::Value(defaults().join_interval);
+        /// A pending join that sends no heartbeat for this long is discarded; a member that
+        /// long silent is shown as silent (it is dropped only after --grace-period).
+        heartbeat_timeout: Duration = Fallback::Value(defaults().heartbeat_timeout);
+        /// A member silent for longer than this is dropped at the next scheduled epoch; one
+        /// back within it (a laptop that slept) is still a member and costs no epoch.
+        grace_period: Duration = Fallback::Value(defaults().grace_period);
+        /// Validity of each signed crowd document (re-signed at half-life).
+        document_lifetime: Duration = Fallback::Value(defaults().document_lifetime);
+        /// An account is admitted at most once per this interval (each admission re-forms
+        /// every path, giving collaborators another look at each initiator).
+        rejoin_interval: Duration = Fallback::Value(defaults().rejoin_interval);
+        /// Serve a status page, /status.json and /metrics here (e.g. 127.0.0.1:7001).
+        control_listen: SocketAddr = Fallback::Unset {
+            meaning: "off".into(),
+            example: "\"127.0.0.1:7001\"".into(),
+        };
+        /// Most API connections of members at once (from members' addresses, or proving a
+        /// member's key); strangers cannot take these.
+        max_member_connections: Limit = Fallback::Value(Limit(blender::MAX_API_CONNECTIONS));
+        /// Most API connections of strangers (no member key yet, e.g. joins) at once: this
+        /// many in their TLS handshake (a new one cuts off the oldest) and this many past it.
+        max_stranger_connections: Limit = Fallback::Value(Limit(blender::MAX_STRANGER_CONNECTIONS));
+        /// Most API connections not yet proven a member's from one address (IPv6: one /64).
+        max_connections_per_address: Limit = Fallback::Value(Limit(blender::MAX_CONNECTIONS_PER_ADDRESS));
+        /// Time for a client's TLS handshake with the API.
+        handshake_timeout: Duration = Fallback::Value(ApiLimits::default().handshake_timeout);
+        /// Time for a request's head, and again for its body.
+        read_timeout: Duration = Fallback::Value(ApiLimits::default().read_timeout);
+        /// Time for a whole API connection, answer included.
+        connection_timeout: Duration = Fallback::Value(ApiLimits::default().connection_timeout);
+        /// Password checks run at once; each holds about 19 MiB.
+        password_checks: Limit = Fallback::Unset {
+            meaning: "one per core".into(),
+            example: "2".into(),
+        };
+        /// Password checks waiting for a free worker; joins beyond them get 503 with
+        /// Retry-After.
+        password_check_queue: usize = Fallback::Value(blender::PASSWORD_CHECK_QUEUE);
+        /// Account names and addresses the login throttle remembers (the least recently
+        /// seen are forgotten first).
+        max_throttled_keys: Limit = Fallback::Value(Limit(crowds_proto::throttle::DEFAULT_MAX_TRACKED));
     }
 }
 
-impl std::str::FromStr for Span {
-    type Err = humantime::DurationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s).map(Span)
-    }
-}
-
-#[derive(Args, Debug)]
+/// The `blender` command's arguments: the settings given by flags and environment
+/// variables, and where the rest may come from.
+#[derive(Debug)]
 pub struct BlenderArgs {
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Address of the blender's API, HOST:PORT.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// Forward probability pf of the default crowd (must be > 0.5 and < 1).
-    #[arg(long, default_value_t = defaults().forward_probability)]
-    pf: f64,
-    /// Also serve the named crowd with its own pf, as NAME=PF (repeatable), e.g. a
-    /// separate slow crowd for poorly connected members: --crowd slow=0.6.
-    #[arg(long = "crowd", value_name = "NAME=PF", value_parser = parse_crowd)]
-    crowds: Vec<(String, f64)>,
-    /// Allow any pf in [0, 1) for experiments (no anonymity guarantee below 0.5).
-    #[arg(long)]
-    insecure_pf: bool,
-    /// Epochs (batches of joins, leaves and drops; each re-forms every path) are cut only
-    /// at multiples of this interval since the unix epoch, and only when a change is
-    /// waiting: with the default, at midnight UTC. New members wait for the next one.
-    #[arg(long, default_value_t = Span(defaults().join_interval))]
-    join_interval: Span,
-    /// A pending join that sends no heartbeat for this long is discarded; a member that
-    /// long silent is shown as silent (it is dropped only after --grace-period).
-    #[arg(long, default_value_t = Span(defaults().heartbeat_timeout))]
-    heartbeat_timeout: Span,
-    /// A member silent for longer than this is dropped at the next scheduled epoch; one
-    /// back within it (a laptop that slept) is still a member and costs no epoch.
-    #[arg(long, default_value_t = Span(defaults().grace_period))]
-    grace_period: Span,
-    /// Validity of each signed crowd document (re-signed at half-life).
-    #[arg(long, default_value_t = Span(defaults().document_lifetime))]
-    document_lifetime: Span,
-    /// An account is admitted at most once per this interval (each admission re-forms
-    /// every path, giving collaborators another look at each initiator).
-    #[arg(long, default_value_t = Span(defaults().rejoin_interval))]
-    rejoin_interval: Span,
-    /// Serve a status page, /status.json and /metrics here (e.g. 127.0.0.1:7001).
-    #[arg(long)]
-    control_listen: Option<SocketAddr>,
-    /// Most API connections of members at once (from members' addresses, or proving a
-    /// member's key); strangers cannot take these.
-    #[arg(long, default_value_t = blender::MAX_API_CONNECTIONS, value_parser = at_least_one)]
-    max_member_connections: usize,
-    /// Most API connections of strangers (no member key yet, e.g. joins) at once: this
-    /// many in their TLS handshake (a new one cuts off the oldest) and this many past it.
-    #[arg(long, default_value_t = blender::MAX_STRANGER_CONNECTIONS, value_parser = at_least_one)]
-    max_stranger_connections: usize,
-    /// Most API connections not yet proven a member's from one address (IPv6: one /64).
-    #[arg(long, default_value_t = blender::MAX_CONNECTIONS_PER_ADDRESS, value_parser = at_least_one)]
-    max_connections_per_address: usize,
-    /// Time for a client's TLS handshake with the API.
-    #[arg(long, default_value_t = Span(ApiLimits::default().handshake_timeout))]
-    handshake_timeout: Span,
-    /// Time for a request's head, and again for its body.
-    #[arg(long, default_value_t = Span(ApiLimits::default().read_timeout))]
-    read_timeout: Span,
-    /// Time for a whole API connection, answer included.
-    #[arg(long, default_value_t = Span(ApiLimits::default().connection_timeout))]
-    connection_timeout: Span,
-    /// Password checks run at once; each holds about 19 MiB [default: one per core].
-    #[arg(long, value_parser = at_least_one)]
-    password_checks: Option<usize>,
-    /// Password checks waiting for a free worker; joins beyond them get 503 with
-    /// Retry-After.
-    #[arg(long, default_value_t = blender::PASSWORD_CHECK_QUEUE)]
-    password_check_queue: usize,
-    /// Account names and addresses the login throttle remembers (the least recently
-    /// seen are forgotten first).
-    #[arg(long, default_value_t = crowds_proto::throttle::DEFAULT_MAX_TRACKED, value_parser = at_least_one)]
-    max_throttled_keys: usize,
+    /// The TOML file (`--config`), if given.
+    pub config: Option<PathBuf>,
+    /// What the flags and environment variables give.
+    pub given: BlenderSettings,
 }
 
-/// A count of at least one.
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{s:?}: give a whole number of at least 1")),
+impl clap::FromArgMatches for BlenderArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self {
+            config: matches.get_one::<PathBuf>("config").cloned(),
+            given: BlenderSettings::from_matches(matches),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
     }
 }
 
-/// `NAME=PF` of `--crowd`: a valid name other than the default crowd's, and a number.
-fn parse_crowd(text: &str) -> Result<(String, f64), String> {
-    let (name, pf) = text
-        .split_once('=')
-        .ok_or("expected NAME=PF, e.g. slow=0.6")?;
-    if !crowds_blender::store::valid_name(name) || name == crowds_blender::store::DEFAULT_CROWD {
-        return Err(format!(
-            "invalid crowd name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-' (not \"default\")"
-        ));
+impl clap::Args for BlenderArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        BlenderSettings::augment(cmd.arg(config_arg("CROWDS_BLENDER_CONFIG", CONFIG_FILE)))
     }
-    let pf: f64 = pf
-        .parse()
-        .map_err(|_| format!("invalid pf {pf:?}: expected a number like 0.75"))?;
-    Ok((name.to_string(), pf))
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// A named crowd served beside the default one, with its own pf (`--crowd NAME=PF`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtraCrowd {
+    /// Its name: a valid one other than the default crowd's.
+    pub name: String,
+    /// Its forward probability.
+    pub pf: f64,
+}
+
+impl ListItem for ExtraCrowd {
+    /// `NAME=PF`: a valid name other than the default crowd's, and a number.
+    fn parse(text: &str) -> Result<Self, String> {
+        let (name, pf) = text
+            .split_once('=')
+            .ok_or("expected NAME=PF, e.g. slow=0.6")?;
+        if !crowds_blender::store::valid_name(name) || name == crowds_blender::store::DEFAULT_CROWD
+        {
+            return Err(format!(
+                "invalid crowd name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-' (not \"default\")"
+            ));
+        }
+        let pf: f64 = pf
+            .parse()
+            .map_err(|_| format!("invalid pf {pf:?}: expected a number like 0.75"))?;
+        Ok(ExtraCrowd {
+            name: name.to_string(),
+            pf,
+        })
+    }
+
+    fn show(&self) -> String {
+        format!("{}={}", self.name, self.pf)
+    }
+}
+
+/// The data directory and, for PostgreSQL, the database (its password read from its
+/// file) that `settings` give; `crowds account` opens the store with these too.
+pub fn store(settings: &BlenderSettings) -> Result<(PathBuf, Option<DatabaseConfig>)> {
+    let data_dir = need(settings.data_dir.clone(), "data_dir")?;
+    let Some(url) = &settings.database else {
+        if settings.database_password_file.is_some() {
+            bail!("--database-password-file needs --database (or `database` in the --config file)");
+        }
+        return Ok((data_dir, None));
+    };
+    let password = settings
+        .database_password_file
+        .as_deref()
+        .map(files::read_password_file)
+        .transpose()?
+        .map(std::sync::Arc::new);
+    let database = DatabaseConfig {
+        url: url.clone(),
+        password,
+    };
+    Ok((data_dir, Some(database)))
 }
 
 /// Refuses a pf without probable innocence unless `insecure` (then only an impossible one).
@@ -146,35 +219,50 @@ pub fn check_pf(pf: f64, insecure: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs the blender until Ctrl-C or SIGTERM.
-pub async fn run(args: BlenderArgs) -> Result<()> {
-    check_pf(args.pf, args.insecure_pf)?;
-    for (_, pf) in &args.crowds {
-        check_pf(*pf, args.insecure_pf)?;
+/// The blender's settings from flags, environment and config file, checked.
+pub fn merge(args: BlenderArgs) -> Result<BlenderConfig> {
+    let file: BlenderSettings = read_file(args.config.as_deref(), CONFIG_FILE)?;
+    let s = args.given.or(file).or(BlenderSettings::defaults());
+    let pf = need(s.pf, "pf")?;
+    let insecure_pf = need(s.insecure_pf, "insecure_pf")?;
+    let crowds = s.crowd.clone().unwrap_or_default();
+    check_pf(pf, insecure_pf)?;
+    for crowd in &crowds {
+        check_pf(crowd.pf, insecure_pf)?;
     }
-    let mut config = BlenderConfig::new(args.store.data_dir.clone(), args.listen);
-    config.database = args.store.database()?;
-    config.extra_crowds = args.crowds;
-    config.forward_probability = args.pf;
-    config.join_interval = args.join_interval.0;
-    config.heartbeat_timeout = args.heartbeat_timeout.0;
-    config.grace_period = args.grace_period.0;
-    config.document_lifetime = args.document_lifetime.0;
-    config.rejoin_interval = args.rejoin_interval.0;
-    config.control_listen = args.control_listen;
+    let (data_dir, database) = store(&s)?;
+    let mut config = BlenderConfig::new(data_dir, need(s.listen, "listen")?);
+    config.database = database;
+    config.extra_crowds = crowds.into_iter().map(|c| (c.name, c.pf)).collect();
+    config.forward_probability = pf;
+    config.join_interval = need(s.join_interval, "join_interval")?;
+    config.heartbeat_timeout = need(s.heartbeat_timeout, "heartbeat_timeout")?;
+    config.grace_period = need(s.grace_period, "grace_period")?;
+    config.document_lifetime = need(s.document_lifetime, "document_lifetime")?;
+    config.rejoin_interval = need(s.rejoin_interval, "rejoin_interval")?;
+    config.control_listen = s.control_listen;
     config.limits = ApiLimits {
-        max_member_connections: args.max_member_connections,
-        max_stranger_connections: args.max_stranger_connections,
-        max_connections_per_address: args.max_connections_per_address,
-        handshake_timeout: args.handshake_timeout.0,
-        read_timeout: args.read_timeout.0,
-        connection_timeout: args.connection_timeout.0,
-        password_checks: args
+        max_member_connections: need(s.max_member_connections, "max_member_connections")?.0,
+        max_stranger_connections: need(s.max_stranger_connections, "max_stranger_connections")?.0,
+        max_connections_per_address: need(
+            s.max_connections_per_address,
+            "max_connections_per_address",
+        )?
+        .0,
+        handshake_timeout: need(s.handshake_timeout, "handshake_timeout")?,
+        read_timeout: need(s.read_timeout, "read_timeout")?,
+        connection_timeout: need(s.connection_timeout, "connection_timeout")?,
+        password_checks: s
             .password_checks
-            .unwrap_or_else(blender::default_password_checks),
-        password_check_queue: args.password_check_queue,
-        max_throttled_keys: args.max_throttled_keys,
+            .map_or_else(blender::default_password_checks, |n| n.0),
+        password_check_queue: need(s.password_check_queue, "password_check_queue")?,
+        max_throttled_keys: need(s.max_throttled_keys, "max_throttled_keys")?.0,
     };
+    Ok(config)
+}
+
+/// Runs the blender until Ctrl-C or SIGTERM.
+pub async fn run(config: BlenderConfig) -> Result<()> {
     let shutdown = super::shutdown_on_signal();
     let running = blender::start(config, shutdown).await?;
     eprintln!(
@@ -191,23 +279,26 @@ mod tests {
 
     #[test]
     fn crowd_flags_are_checked() {
-        assert_eq!(parse_crowd("slow=0.6"), Ok(("slow".to_string(), 0.6)));
-        assert!(parse_crowd("slow").is_err());
-        assert!(parse_crowd("default=0.8").is_err());
-        assert!(parse_crowd("sl ow=0.8").is_err());
-        assert!(parse_crowd("slow=fast").is_err());
+        let slow = ExtraCrowd {
+            name: "slow".to_string(),
+            pf: 0.6,
+        };
+        assert_eq!(ExtraCrowd::parse("slow=0.6"), Ok(slow.clone()));
+        assert_eq!(ExtraCrowd::parse(&slow.show()), Ok(slow));
+        assert!(ExtraCrowd::parse("slow").is_err());
+        assert!(ExtraCrowd::parse("default=0.8").is_err());
+        assert!(ExtraCrowd::parse("sl ow=0.8").is_err());
+        assert!(ExtraCrowd::parse("slow=fast").is_err());
     }
 
     #[test]
-    fn durations_shown_in_the_help_parse_back() {
-        let d = defaults();
-        for span in [
-            d.join_interval,
-            d.heartbeat_timeout,
-            d.grace_period,
-            d.rejoin_interval,
-        ] {
-            assert_eq!(Span(span).to_string().parse::<Span>(), Ok(Span(span)));
-        }
+    fn a_password_file_needs_a_database() {
+        let settings = BlenderSettings {
+            data_dir: Some(PathBuf::from("/nonexistent")),
+            database_password_file: Some(PathBuf::from("/nonexistent/pw")),
+            ..BlenderSettings::default()
+        };
+        let err = store(&settings).expect_err("refused").to_string();
+        assert!(err.contains("--database"), "{err}");
     }
 }

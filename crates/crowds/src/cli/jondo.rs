@@ -6,9 +6,11 @@
 //! the local ports, which are the command line's own. It must not repeat a library
 //! default as a number, nor parse a value itself: [`super::settings`] does that.
 
-use super::settings::{settings, Fallback, Limit, SettingValue};
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Arg, ArgMatches};
+use super::settings::{
+    config_arg, need, read_file, settings, xdg_data_dir, Fallback, Limit, SettingValue,
+};
+use anyhow::{bail, Result};
+use clap::ArgMatches;
 use crowds_jondo::jondo::{self, JondoConfig};
 use crowds_net::files;
 use crowds_net::safelog::Secret;
@@ -45,7 +47,11 @@ fn library() -> JondoConfig {
     )
 }
 
+/// The jondo's config file in the XDG config directory.
+pub const CONFIG_FILE: &str = "jondo.toml";
+
 settings! {
+    #[env_prefix = "CROWDS_"]
     /// Jondo settings, each from (in this order of precedence) its flag, its environment
     /// variable (`CROWDS_` and the name in capitals), the TOML file given with `--config`
     /// (default: `$XDG_CONFIG_HOME/crowds/jondo.toml` if it exists), or its default.
@@ -154,19 +160,7 @@ impl clap::FromArgMatches for JondoArgs {
 
 impl clap::Args for JondoArgs {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        JondoSettings::augment(
-            cmd.arg(
-                Arg::new("config")
-                    .long("config")
-                    .env("CROWDS_CONFIG")
-                    .value_name("CONFIG")
-                    .value_parser(clap::value_parser!(PathBuf))
-                    .help(
-                        "TOML file with any of these settings (flags and environment override \
-                         it) [default: $XDG_CONFIG_HOME/crowds/jondo.toml if it exists]",
-                    ),
-            ),
-        )
+        JondoSettings::augment(cmd.arg(config_arg("CROWDS_CONFIG", CONFIG_FILE)))
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
@@ -174,50 +168,9 @@ impl clap::Args for JondoArgs {
     }
 }
 
-fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// `$XDG_DATA_HOME/crowds` (or `~/.local/share/crowds`).
-pub fn xdg_data_dir() -> PathBuf {
-    xdg_dir("XDG_DATA_HOME", ".local/share").join("crowds")
-}
-
-/// `$XDG_CONFIG_HOME/crowds/jondo.toml` (or `~/.config/crowds/jondo.toml`).
-pub fn xdg_config_file() -> PathBuf {
-    xdg_dir("XDG_CONFIG_HOME", ".config")
-        .join("crowds")
-        .join("jondo.toml")
-}
-
-/// A setting's merged value, or an error naming its flag and key.
-fn need<T>(value: Option<T>, key: &str) -> Result<T> {
-    value.ok_or_else(|| {
-        anyhow!(
-            "missing --{} (or `{key}` in the --config file)",
-            key.replace('_', "-")
-        )
-    })
-}
-
 /// The jondo's settings from flags, environment and config file, and its thread count.
 pub fn merge(args: JondoArgs) -> Result<(JondoConfig, usize)> {
-    let config_path = args
-        .config
-        .clone()
-        .or_else(|| Some(xdg_config_file()).filter(|p| p.exists()));
-    let file: JondoSettings = match &config_path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str(&text).map_err(|e| anyhow!("config file {}: {e}", path.display()))?
-        }
-        None => JondoSettings::default(),
-    };
+    let file: JondoSettings = read_file(args.config.as_deref(), CONFIG_FILE)?;
     let given = args.given.or(file);
     // Either interval given turns the blender's suggestions off.
     let follow_blender_intervals =

@@ -5,11 +5,13 @@
 //! Layout (arrows point one way: `mod.rs` → commands → `settings`):
 //!
 //! - [`settings`]: the machinery of one definition per setting (flag, environment
-//!   variable, TOML key, default, help, template) and of merging their layers;
+//!   variable, TOML key, default, help, template), of merging their layers and of
+//!   finding and reading a config file;
 //! - [`jondo`]: the jondo's settings table, their merge into a `JondoConfig`, running it;
-//! - [`init`]: the commented config file written from that table;
-//! - [`blender`]: the blender's flags (defaults read from `crowds-blender`) and running it;
-//! - [`accounts`]: the blender's accounts and the store flags the blender shares;
+//! - [`blender`]: the blender's settings table (defaults read from `crowds-blender`),
+//!   their merge into a `BlenderConfig`, running it;
+//! - [`init`]: the commented config files written from those tables;
+//! - [`accounts`]: the blender's accounts, in the store the blender's settings name;
 //! - [`demo`]: a whole crowd on this machine.
 //!
 //! This module must not hold a setting or a default: those live with their command.
@@ -73,8 +75,10 @@ enum Command {
     Demo(DemoArgs),
     /// Write a commented jondo config file (every setting, its default and meaning) and
     /// create the identity key. Any jondo flag given here is written into the file.
+    /// `crowds init blender` writes the blender's instead.
     ///
     /// Example: crowds init --blender blender.example.org:7000 --account alice
+    #[command(args_conflicts_with_subcommands = true)]
     Init(Box<InitArgs>),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
     ///
@@ -141,7 +145,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let (config, threads) = jondo::merge(*args)?;
             crowds_jondo::jondo::runtime(threads)?.block_on(jondo::run(config))
         }
-        Command::Blender(args) => multi_thread()?.block_on(blender::run(*args)),
+        Command::Blender(args) => {
+            let config = blender::merge(*args)?;
+            multi_thread()?.block_on(blender::run(config))
+        }
         Command::Demo(args) => multi_thread()?.block_on(demo::run(args)),
         // The PostgreSQL client runs a small runtime of its own, so none here.
         Command::Account(cmd) => accounts::run(cmd),

@@ -1,18 +1,20 @@
 //! The machinery behind one definition per setting: the [`settings!`] macro turns one
 //! list of settings (name, type, help, fallback) into a layer struct of `Option`s, its
-//! command-line flags and `CROWDS_*` environment variables, its TOML keys, and a table
-//! ([`Row`]) that `crowds init` writes its template from. The merge of layers (flag or
-//! environment > TOML file > default) is [`settings!`]'s `or`, the same for every setting.
+//! command-line flags and environment variables, its TOML keys, and a table ([`Row`])
+//! that `crowds init` writes its template from. The merge of layers (flag or environment
+//! > TOML file > default) is [`settings!`]'s `or`, the same for every setting; where the
+//! file is found and how it is read is [`read_file`], the same for every daemon.
 //!
-//! Owns naming (flag `--a-b`, variable `CROWDS_A_B`, key `a_b`) and the parsing of each
-//! value type. It must not know any particular setting: those are listed where they are
-//! used (the jondo's in `cli/jondo.rs`).
+//! Owns naming (flag `--a-b`, variable prefix and `A_B`, key `a_b`) and the parsing of
+//! each value type. It must not know any particular setting: those are listed where they
+//! are used (the jondo's in `cli/jondo.rs`, the blender's in `cli/blender.rs`).
 
+use anyhow::{anyhow, Context};
 use clap::{Arg, ArgAction, ArgMatches};
 use crowds_proto::policy::PortPolicy;
-use serde::{Deserialize, Deserializer};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What a setting is when no flag, environment variable or file gives it.
@@ -40,8 +42,10 @@ impl<T> Fallback<T> {
 /// One setting as the help text and the `init` template show it.
 pub struct Row {
     /// The TOML key; the flag is `--` and this with '-' for '_', the environment variable
-    /// `CROWDS_` and this in capitals.
+    /// the table's prefix (e.g. `CROWDS_`) and this in capitals.
     pub key: &'static str,
+    /// The environment variable.
+    env: String,
     /// What it means (the flag's help and the template's comment).
     pub help: String,
     /// The default as a person reads it (`None`: required, the daemon refuses to start
@@ -52,8 +56,16 @@ pub struct Row {
 }
 
 impl Row {
-    /// The row of a setting of type `T`; `doc` is its doc comment, line by line.
-    pub fn new<T: SettingValue>(key: &'static str, doc: &[&str], fallback: Fallback<T>) -> Row {
+    /// The row of a setting of type `T`; `doc` is its doc comment, line by line. Its
+    /// environment variable is `prefix` and the key in capitals, unless `env` names one
+    /// (a name kept from before the table, that deployments already use).
+    pub fn new<T: SettingValue>(
+        prefix: &str,
+        env: &[&str],
+        key: &'static str,
+        doc: &[&str],
+        fallback: Fallback<T>,
+    ) -> Row {
         let help = doc
             .iter()
             .map(|line| line.trim())
@@ -67,8 +79,13 @@ impl Row {
             }
             Fallback::Unset { meaning, example } => (Some(meaning), example),
         };
+        let env = match env {
+            [name] => name.to_string(),
+            _ => format!("{prefix}{}", key.to_uppercase()),
+        };
         Row {
             key,
+            env,
             help,
             default,
             example,
@@ -81,8 +98,8 @@ impl Row {
     }
 
     /// The environment variable.
-    pub fn env(&self) -> String {
-        format!("CROWDS_{}", self.key.to_uppercase())
+    pub fn env(&self) -> &str {
+        &self.env
     }
 
     /// The clap argument: flag, environment variable and help with the default. No clap
@@ -94,7 +111,7 @@ impl Row {
         };
         Arg::new(self.key)
             .long(self.flag())
-            .env(self.env())
+            .env(self.env.clone())
             .value_name(self.key.to_uppercase())
             .help(format!("{}{suffix}", self.help))
     }
@@ -113,9 +130,10 @@ fn shown(v: &toml::Value) -> String {
 pub trait SettingValue: Sized + Clone + Send + Sync + 'static {
     /// `arg` made to parse this type (and to take as many values as it needs).
     fn parsed_by(arg: Arg) -> Arg;
-    /// The value the flag or environment variable gave, if any.
+    /// The value the flag or environment variable gave, if any (none if the command
+    /// has no such flag: a command may take only some of a table's settings).
     fn from_matches(matches: &ArgMatches, key: &str) -> Option<Self> {
-        matches.get_one::<Self>(key).cloned()
+        matches.try_get_one::<Self>(key).ok().flatten().cloned()
     }
     /// The value of a TOML key.
     fn from_toml(value: toml::Value) -> Result<Self, String>;
@@ -189,7 +207,7 @@ impl SettingValue for bool {
         arg.action(ArgAction::SetTrue)
     }
     fn from_matches(matches: &ArgMatches, key: &str) -> Option<Self> {
-        matches.get_flag(key).then_some(true)
+        matches!(matches.try_get_one::<bool>(key), Ok(Some(true))).then_some(true)
     }
     fn from_toml(value: toml::Value) -> Result<Self, String> {
         value
@@ -217,6 +235,25 @@ impl SettingValue for usize {
     }
     fn to_toml(&self) -> toml::Value {
         toml::Value::Integer(i64::try_from(*self).unwrap_or(i64::MAX))
+    }
+}
+
+impl SettingValue for f64 {
+    fn parsed_by(arg: Arg) -> Arg {
+        arg.value_parser(clap::value_parser!(f64))
+    }
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Float(x) => Ok(x),
+            toml::Value::Integer(n) => Ok(n as f64),
+            other => Err(format!(
+                "invalid type: {}, expected a number",
+                other.type_str()
+            )),
+        }
+    }
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::Float(*self)
     }
 }
 
@@ -263,23 +300,45 @@ impl SettingValue for PortPolicy {
     }
 }
 
+/// What a list's items are: each parsed from one string (a flag's value, an element of
+/// a TOML array) and written back as one.
+pub trait ListItem: Sized + Clone + Send + Sync + 'static {
+    /// The item `text` gives, or why not.
+    fn parse(text: &str) -> Result<Self, String>;
+    /// The item as its string.
+    fn show(&self) -> String;
+}
+
+impl ListItem for String {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(text.to_string())
+    }
+    fn show(&self) -> String {
+        self.clone()
+    }
+}
+
 /// A list: the flag may be repeated or given comma-separated values; in TOML one string
 /// or an array of strings.
-impl SettingValue for Vec<String> {
+impl<T: ListItem> SettingValue for Vec<T> {
     fn parsed_by(arg: Arg) -> Arg {
         arg.action(ArgAction::Append)
             .value_delimiter(',')
-            .value_parser(clap::value_parser!(String))
+            .value_parser(|s: &str| T::parse(s))
     }
     fn from_matches(matches: &ArgMatches, key: &str) -> Option<Self> {
         matches
-            .get_many::<String>(key)
+            .try_get_many::<T>(key)
+            .ok()
+            .flatten()
             .map(|values| values.cloned().collect())
     }
     fn from_toml(value: toml::Value) -> Result<Self, String> {
         match value {
-            toml::Value::String(one) => Ok(vec![one]),
-            toml::Value::Array(many) => many.into_iter().map(toml_text).collect(),
+            toml::Value::String(one) => Ok(vec![T::parse(&one)?]),
+            toml::Value::Array(many) => {
+                many.into_iter().map(|v| T::parse(&toml_text(v)?)).collect()
+            }
             other => Err(format!(
                 "invalid type: {}, expected a string or an array of strings",
                 other.type_str()
@@ -288,8 +347,10 @@ impl SettingValue for Vec<String> {
     }
     fn to_toml(&self) -> toml::Value {
         match self.as_slice() {
-            [one] => toml::Value::String(one.clone()),
-            many => toml::Value::Array(many.iter().cloned().map(toml::Value::String).collect()),
+            [one] => toml::Value::String(one.show()),
+            many => {
+                toml::Value::Array(many.iter().map(|v| toml::Value::String(v.show())).collect())
+            }
         }
     }
 }
@@ -305,26 +366,97 @@ pub fn deserialize<'de, D: Deserializer<'de>, T: SettingValue>(
         .map_err(serde::de::Error::custom)
 }
 
+/// A setting's merged value, or an error naming its flag and key.
+pub fn need<T>(value: Option<T>, key: &str) -> anyhow::Result<T> {
+    value.ok_or_else(|| {
+        anyhow!(
+            "missing --{} (or `{key}` in the --config file)",
+            key.replace('_', "-")
+        )
+    })
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `$XDG_DATA_HOME/crowds` (or `~/.local/share/crowds`).
+pub fn xdg_data_dir() -> PathBuf {
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("crowds")
+}
+
+/// `$XDG_CONFIG_HOME/crowds/NAME` (or `~/.config/crowds/NAME`): where a daemon's config
+/// file is looked for when `--config` is not given.
+pub fn xdg_config_file(name: &str) -> PathBuf {
+    xdg_dir("XDG_CONFIG_HOME", ".config")
+        .join("crowds")
+        .join(name)
+}
+
+/// The `--config FILE` argument, with its environment variable `env`; `name` is the file
+/// looked for in the XDG config directory without it.
+pub fn config_arg(env: &'static str, name: &str) -> Arg {
+    Arg::new("config")
+        .long("config")
+        .env(env)
+        .value_name("CONFIG")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(format!(
+            "TOML file with any of these settings (flags and environment override it) \
+             [default: $XDG_CONFIG_HOME/crowds/{name} if it exists]"
+        ))
+}
+
+/// The layer a config file gives: the file `--config` named, else
+/// `$XDG_CONFIG_HOME/crowds/NAME` if it exists, else nothing. Unknown keys are refused.
+pub fn read_file<L: DeserializeOwned + Default>(
+    given: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<L> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => match Some(xdg_config_file(name)).filter(|p| p.exists()) {
+            Some(path) => path,
+            None => return Ok(L::default()),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow!("config file {}: {e}", path.display()))
+}
+
 /// Declares a layer of settings: a struct with one `Option` per setting (`None`: this
 /// layer does not give it), and with it
 ///
 /// - `table()`: one [`Row`] per setting, in order;
 /// - `defaults()`: the layer of every [`Fallback::Value`];
-/// - `augment(cmd)`: each setting's flag and environment variable added to `cmd`;
+/// - `args()`: each setting's flag and environment variable, as clap arguments;
+/// - `augment(cmd)`: `cmd` with all of them;
 /// - `from_matches(m)`: the layer the flags and environment variables give;
 /// - TOML: the struct deserialises from a file of these keys (unknown keys refused);
 /// - `or(lower)`: this layer, with `lower` filling what it leaves unset;
 /// - `toml_values()`: each setting's value in this layer as TOML, in table order.
 ///
-/// Each setting is written once: its doc comment (the help), `name: Type = fallback;`.
+/// The table starts with `#[env_prefix = "CROWDS_…_"]`, the start of its environment
+/// variables. Each setting is written once: its doc comment (the help), optionally
+/// `#[env = "NAME"]` (a variable named before the table, kept), `name: Type = fallback;`.
 macro_rules! settings {
     (
-        $(#[$meta:meta])*
+        #[env_prefix = $prefix:literal]
+        $(#[doc = $layer_doc:literal])*
         pub struct $layer:ident {
-            $( $(#[doc = $doc:literal])+ $key:ident: $ty:ty = $fallback:expr; )*
+            $(
+                $(#[doc = $doc:literal])+
+                $(#[env = $env:literal])?
+                $key:ident: $ty:ty = $fallback:expr;
+            )*
         }
     ) => {
-        $(#[$meta])*
+        $(#[doc = $layer_doc])*
         #[derive(Debug, Default, Clone, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct $layer {
@@ -336,10 +468,15 @@ macro_rules! settings {
         }
 
         impl $layer {
+            /// The start of the settings' environment variables.
+            pub const ENV_PREFIX: &'static str = $prefix;
+
             /// One row per setting, in the order they are declared.
             pub fn table() -> Vec<$crate::cli::settings::Row> {
                 vec![$(
-                    $crate::cli::settings::Row::new::<$ty>(stringify!($key), &[$($doc),+], $fallback),
+                    $crate::cli::settings::Row::new::<$ty>(
+                        $prefix, &[$($env)?], stringify!($key), &[$($doc),+], $fallback,
+                    ),
                 )*]
             }
 
@@ -348,13 +485,21 @@ macro_rules! settings {
                 Self { $( $key: $crate::cli::settings::Fallback::<$ty>::value($fallback), )* }
             }
 
+            /// Every setting's flag and environment variable, in table order.
+            pub fn args() -> Vec<clap::Arg> {
+                vec![$(
+                    <$ty as $crate::cli::settings::SettingValue>::parsed_by(
+                        $crate::cli::settings::Row::new::<$ty>(
+                            $prefix, &[$($env)?], stringify!($key), &[$($doc),+], $fallback,
+                        )
+                        .arg(),
+                    ),
+                )*]
+            }
+
             /// `cmd` with every setting's flag and environment variable.
             pub fn augment(cmd: clap::Command) -> clap::Command {
-                cmd$(
-                    .arg(<$ty as $crate::cli::settings::SettingValue>::parsed_by(
-                        $crate::cli::settings::Row::new::<$ty>(stringify!($key), &[$($doc),+], $fallback).arg(),
-                    ))
-                )*
+                cmd.args(Self::args())
             }
 
             /// The layer the flags and environment variables give.
