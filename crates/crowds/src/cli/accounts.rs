@@ -45,11 +45,11 @@ pub enum AccountCommand {
 /// Where the blender keeps its accounts and crowds: the blender's store settings, given
 /// by flags and environment variables.
 #[derive(Debug)]
-pub struct StoreArgs(BlenderSettings);
+pub struct StoreArgs(Box<BlenderSettings>);
 
 impl clap::FromArgMatches for StoreArgs {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
-        Ok(Self(BlenderSettings::from_matches(matches)))
+        Ok(Self(Box::new(BlenderSettings::from_matches(matches))))
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {

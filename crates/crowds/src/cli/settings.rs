@@ -1,9 +1,10 @@
 //! The machinery behind one definition per setting: the [`settings!`] macro turns one
 //! list of settings (name, type, help, fallback) into a layer struct of `Option`s, its
 //! command-line flags and environment variables, its TOML keys, and a table ([`Row`])
-//! that `crowds init` writes its template from. The merge of layers (flag or environment
-//! > TOML file > default) is [`settings!`]'s `or`, the same for every setting; where the
-//! file is found and how it is read is [`read_file`], the same for every daemon.
+//! that `crowds init` writes its template from. The merge of layers (flag or
+//! environment, then TOML file, then default) is [`settings!`]'s `or`, the same for
+//! every setting; where the file is found and how it is read is [`read_file`], the same
+//! for every daemon.
 //!
 //! Owns naming (flag `--a-b`, variable prefix and `A_B`, key `a_b`) and the parsing of
 //! each value type. It must not know any particular setting: those are listed where they
