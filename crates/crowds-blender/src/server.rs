@@ -116,6 +116,12 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| NodeError::io("listener address", e))?;
+    // Every port is bound before the slow start-up work (loading the stored epochs), so
+    // once the API accepts connections the control port does too.
+    let control_listener = match config.control_listen {
+        Some(listen) => Some(net::bind(listen, "the blender's control port").await?),
+        None => None,
+    };
     let limits = config.limits.clone();
     let checks = PasswordChecks::new(limits.password_checks, limits.password_check_queue)
         .map_err(|e| NodeError::io("starting the password-check threads", e))?;
@@ -186,8 +192,7 @@ pub async fn start(
     );
     let mut tasks = vec![api];
     let mut control_addr = None;
-    if let Some(listen) = config.control_listen {
-        let listener = net::bind(listen, "the blender's control port").await?;
+    if let Some(listener) = control_listener {
         control_addr = listener.local_addr().ok();
         let control_state = state.clone();
         tasks.push(net::spawn_accept_loop(
