@@ -24,7 +24,7 @@
 //! The kit cannot know where cargo put the `crowds` binary (`CARGO_BIN_EXE_crowds` is
 //! only set for the crates/crowds tests themselves), so each test file names it once:
 //!
-//! ```ignore
+//! ```text
 //! const KIT: Kit = Kit::new(env!("CARGO_BIN_EXE_crowds"));
 //! let crowd = Crowd::builder(KIT, 4).start().await;
 //! ```
