@@ -83,6 +83,11 @@ pub struct JondoConfig {
     pub no_prefetch: bool,
     /// Remove scripts and plug-ins from plain-HTTP pages.
     pub strip_active_content: bool,
+    /// Answer a client's `CONNECT` (or SOCKS request) at once and send its first bytes
+    /// along with the tunnel request, saving one whole-path round trip per tunnel. A
+    /// failure at the exit then reaches a TLS client as a TLS alert rather than an HTTP
+    /// status. `false` waits for the exit's answer, as scripts that read the status do.
+    pub optimistic_tunnels: bool,
     /// Destination ports this exit allows (`None`: the default list, or any port
     /// with `allow_private_destinations`).
     pub exit_ports: Option<PortPolicy>,
@@ -129,6 +134,7 @@ impl JondoConfig {
             keep_cookies: false,
             no_prefetch: false,
             strip_active_content: false,
+            optimistic_tunnels: true,
             exit_ports: None,
             insecure_allow_low_pf: false,
             peer_connections_per_address: PEER_CONNECTIONS_PER_ADDRESS,
