@@ -5,7 +5,8 @@
 //! jondo's own peer address, so the server sees this member), header hygiene applied
 //! once more as a safety net, and the response head timeout. One fresh connection per
 //! request: connections to servers are never pooled, so two initiators' requests can
-//! never be linked by sharing one. `CONNECT` opens a byte tunnel to the server instead.
+//! never be linked by sharing one. `CONNECT` opens a byte tunnel to the server instead
+//! ([`crate::tunnel::to_server`]).
 //! Never logs destinations.
 
 use crate::crowd::Crowd;
@@ -93,6 +94,12 @@ pub async fn resolve_checked(
     Ok(allowed)
 }
 
+/// Whether `addr` is the crowd's own infrastructure, which the crowd is never used
+/// against: a member's peer port, or a denied address (the blender's API).
+pub fn is_infrastructure(addr: &SocketAddr, config: &ExitConfig, crowd: &Crowd) -> bool {
+    config.deny.contains(addr) || crowd.doc.members.iter().any(|m| m.addr == *addr)
+}
+
 /// Connects to the first reachable address, from the configured source address.
 pub async fn connect(addrs: &[SocketAddr], config: &ExitConfig) -> Result<TcpStream, ErrorKind> {
     for addr in addrs {
@@ -123,7 +130,7 @@ pub async fn connect(addrs: &[SocketAddr], config: &ExitConfig) -> Result<TcpStr
 /// crowd error to answer. `guard` is held for the lifetime of a tunnel. Page bundles are
 /// [`crate::prefetch`]'s, on top of this.
 pub async fn submit<G: Send + 'static>(
-    mut req: Request<Body>,
+    req: Request<Body>,
     config: &ExitConfig,
     crowd: &Crowd,
     guard: G,
@@ -137,26 +144,17 @@ pub async fn submit<G: Send + 'static>(
         "submitting"
     );
     let mut addrs = resolve_checked(&target.host, target.port, config).await?;
-    // Never let the crowd be used against its own members' peer ports or the blender.
-    addrs.retain(|a| !config.deny.contains(a) && !crowd.doc.members.iter().any(|m| m.addr == *a));
+    addrs.retain(|a| !is_infrastructure(a, config, crowd));
     if addrs.is_empty() {
         return Err(ErrorKind::ExitPolicy);
     }
     let stream = connect(&addrs, config).await?;
     if req.method() == http::Method::CONNECT {
-        // A tunnel: splice our predecessor's end to the server; if the tunnel starts in
-        // this jondo (it is its own exit), hand back the other end of a pipe.
-        let mut resp = Response::new(body::empty());
-        let upstream = match tunnel::take_end(&mut req) {
-            Some(end) => end,
-            None => {
-                let (ours, theirs) = tokio::io::duplex(tunnel::TUNNEL_BUFFER);
-                resp.extensions_mut().insert(tunnel::PipeEnd::new(theirs));
-                tunnel::TunnelEnd::Pipe(ours)
-            }
-        };
-        tunnel::splice_io(upstream, stream, config.idle_timeout, guard);
-        return Ok(resp);
+        // A tunnel: the request body (the client's bytes, its first ones already here
+        // when the initiator is optimistic) goes to the server, and the server's bytes
+        // come back as the response body.
+        let body = tunnel::to_server(req.into_body(), stream, config.idle_timeout, guard);
+        return Ok(Response::new(body));
     }
     drop(guard);
     let (mut parts, body) = req.into_parts();

@@ -269,6 +269,7 @@ pub async fn start(
         },
         prefetch: !config.no_prefetch,
         strip_active_content: config.strip_active_content,
+        optimistic_tunnels: config.optimistic_tunnels,
         insecure_allow_low_pf: config.insecure_allow_low_pf,
         started_at: now_ms(),
     }));

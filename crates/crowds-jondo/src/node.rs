@@ -10,6 +10,7 @@
 //! hands documents, hints and the time in. They never log destinations or contents.
 
 mod adopt;
+mod connect;
 mod failed;
 mod new;
 mod route;
@@ -142,6 +143,8 @@ pub struct Node {
     pub prefetch: bool,
     /// Remove scripts and plug-ins from plain-HTTP pages.
     pub strip_active_content: bool,
+    /// Answer the user's tunnels at once ([`crate::JondoConfig::optimistic_tunnels`]).
+    pub optimistic_tunnels: bool,
     /// Objects received in page bundles, waiting for the browser's requests.
     pub objects: Arc<crate::prefetch::ObjectCache>,
     /// When the user's own path re-formed, and when new epochs were adopted (last day).

@@ -141,12 +141,18 @@ impl Links {
         Ok(sender)
     }
 
-    /// Sends a relayed request to `member`, dialling if no live link exists.
+    /// Sends a relayed request to `member`, dialling if no live link exists. A `CONNECT`
+    /// travels in its link form ([`crowds_proto::relay::link_form`]), so the tunnel's
+    /// bytes ride in its request and response bodies.
     pub async fn send(
         &self,
         member: &Member,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<Incoming>, LinkError> {
+        if let Some((method, uri)) = crowds_proto::relay::link_form(req.method(), req.uri()) {
+            *req.method_mut() = method;
+            *req.uri_mut() = uri;
+        }
         let slot = self.slot(member);
         let mut sender = {
             let mut guard = slot.lock().await;

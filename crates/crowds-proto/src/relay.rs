@@ -124,6 +124,49 @@ pub enum TargetError {
     /// The `crowds-path` header is missing or malformed.
     #[error("missing or malformed crowds-path header")]
     BadPathId,
+    /// [`TUNNEL_METHOD`], which only links between jondos carry.
+    #[error("{TUNNEL_METHOD} is the crowd's own method for tunnels between jondos")]
+    LinkOnlyMethod,
+}
+
+/// The method a `CONNECT` travels under on a link between jondos. HTTP/2's `CONNECT`
+/// carries no bytes before the response (RFC 9113 section 8.5 allows it, hyper does not),
+/// but a tunnel's first bytes (the client's TLS ClientHello) travel with its request, so
+/// on a link a tunnel is an ordinary request with a streaming body under this method:
+/// the request body carries the client's bytes, the response body the server's. Only
+/// [`link_form`] produces it and [`from_link_form`] undoes it; a client may never use it.
+pub const TUNNEL_METHOD: &str = "CROWDS-TUNNEL";
+
+/// The method and target a request travels under on a link: `CONNECT host:port` becomes
+/// [`TUNNEL_METHOD`] `http://host:port/`; any other request is unchanged.
+pub fn link_form(method: &http::Method, uri: &Uri) -> Option<(http::Method, Uri)> {
+    if method != http::Method::CONNECT {
+        return None;
+    }
+    let authority = uri.authority()?;
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .ok()?;
+    let method = http::Method::from_bytes(TUNNEL_METHOD.as_bytes()).ok()?;
+    Some((method, uri))
+}
+
+/// Undoes [`link_form`] on a request that arrived on a link: [`TUNNEL_METHOD`]
+/// `http://host:port/` becomes `CONNECT host:port`; `None` for any other method.
+pub fn from_link_form(method: &http::Method, uri: &Uri) -> Option<Result<Uri, TargetError>> {
+    if method.as_str() != TUNNEL_METHOD {
+        return None;
+    }
+    let back = match (uri.scheme(), uri.authority(), uri.path()) {
+        (Some(s), Some(a), "/") if *s == Scheme::HTTP && uri.query().is_none() => {
+            Uri::builder().authority(a.clone()).build().ok()
+        }
+        _ => None,
+    };
+    Some(back.ok_or(TargetError::NotAuthority))
 }
 
 /// A destination: host name (or literal) and port.
@@ -197,7 +240,9 @@ pub fn connect_target(uri: &Uri) -> Result<Target, TargetError> {
 
 /// The destination of a relayed request: `CONNECT host:port` or absolute `http://`.
 pub fn request_target(method: &http::Method, uri: &Uri) -> Result<Target, TargetError> {
-    if method == http::Method::CONNECT {
+    if method.as_str() == TUNNEL_METHOD {
+        Err(TargetError::LinkOnlyMethod)
+    } else if method == http::Method::CONNECT {
         connect_target(uri)
     } else {
         http_target(uri)
@@ -272,6 +317,46 @@ mod tests {
     }
 
     #[test]
+    fn tunnels_cross_links_under_their_own_method_and_clients_cannot_use_it() {
+        let connect = http::Method::CONNECT;
+        for target in ["example.org:443", "[::1]:8443", "127.0.0.1:1"] {
+            let uri: Uri = target.parse().expect("uri");
+            let (method, link_uri) = link_form(&connect, &uri).expect("a tunnel");
+            assert_eq!(method.as_str(), TUNNEL_METHOD);
+            assert_eq!(link_uri.to_string(), format!("http://{target}/"));
+            let back = from_link_form(&method, &link_uri)
+                .expect("a tunnel")
+                .expect("ok");
+            assert_eq!(back, uri);
+            assert_eq!(
+                request_target(&connect, &back).expect("target").port,
+                uri.port_u16().expect("port")
+            );
+            // A client sending the link's method is refused before anything else.
+            assert_eq!(
+                request_target(&method, &link_uri),
+                Err(TargetError::LinkOnlyMethod)
+            );
+        }
+        let get: Uri = "http://example.org/x".parse().expect("uri");
+        assert!(link_form(&http::Method::GET, &get).is_none());
+        assert!(from_link_form(&http::Method::GET, &get).is_none());
+        let tunnel = http::Method::from_bytes(TUNNEL_METHOD.as_bytes()).expect("method");
+        for bad in [
+            "http://example.org:443/x",
+            "http://example.org:443/?q",
+            "https://example.org:443/",
+        ] {
+            let uri: Uri = bad.parse().expect("uri");
+            assert_eq!(
+                from_link_form(&tunnel, &uri),
+                Some(Err(TargetError::NotAuthority)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn path_header() {
         let mut h = HeaderMap::new();
         assert_eq!(path_id(&h), Err(TargetError::BadPathId));
@@ -298,6 +383,10 @@ mod tests {
             if let Ok(uri) = s.parse::<Uri>() {
                 let _ = http_target(&uri);
                 let _ = connect_target(&uri);
+                if let Some(Ok(back)) = from_link_form(&http::Method::from_bytes(TUNNEL_METHOD.as_bytes()).expect("m"), &uri) {
+                    // Whatever comes off a link as a tunnel is authority form.
+                    prop_assert!(back.scheme().is_none() && back.authority().is_some());
+                }
             }
             let _ = PathId::from_hex(&s);
         }

@@ -69,6 +69,26 @@ pub fn opening(prefix: &[u8]) -> Opening {
     }
 }
 
+/// Whether a tunnel's opening bytes start a TLS handshake record (a ClientHello).
+pub fn is_tls(prefix: &[u8]) -> bool {
+    matches!(prefix, [0x16, 0x03, minor, ..] if *minor <= 0x04)
+}
+
+/// The plaintext TLS alert record an initiator sends a TLS client whose tunnel it had
+/// already answered with success (optimistic data) when the crowd then reports `kind`:
+/// the client gets a fatal handshake error at once instead of a connection that is
+/// closed without a word. A refusal by the exit policy is `access_denied` (49), any other
+/// failure `internal_error` (80) (RFC 8446 section 6).
+pub fn tls_alert(kind: crate::relay::ErrorKind) -> [u8; 7] {
+    const FATAL: u8 = 2;
+    let description = match kind {
+        crate::relay::ErrorKind::ExitPolicy => 49,
+        _ => 80,
+    };
+    // Record type alert (21), legacy version TLS 1.2, length 2, then level and description.
+    [21, 0x03, 0x03, 0x00, 0x02, FATAL, description]
+}
+
 /// HTTP token characters (RFC 9110), as found in method names.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -99,6 +119,25 @@ mod tests {
             }
             assert_eq!(opening(&req[..req.len().min(SNIFF_BYTES)]), Opening::Http1);
         }
+    }
+
+    #[test]
+    fn tls_openings_and_alerts() {
+        assert!(is_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(!is_tls(&[0x16, 0x03]), "too short to tell");
+        assert!(!is_tls(b"SSH-2.0-OpenSSH_9.2\r\n"));
+        assert!(!is_tls(&[0x16, 0x03, 0x09]));
+        let policy = tls_alert(crate::relay::ErrorKind::ExitPolicy);
+        assert_eq!(policy, [21, 3, 3, 0, 2, 2, 49]);
+        for kind in crate::relay::ErrorKind::ALL {
+            let alert = tls_alert(kind);
+            assert_eq!(
+                alert[..6],
+                [21, 3, 3, 0, 2, 2],
+                "{kind:?}: a fatal alert record"
+            );
+        }
+        assert_eq!(tls_alert(crate::relay::ErrorKind::OriginUnreachable)[6], 80);
     }
 
     #[test]

@@ -272,3 +272,27 @@ impl Body for PatternBody {
         }
     }
 }
+
+/// The opening of a TLS handshake as a client sends it into a tunnel (a handshake record
+/// holding an empty ClientHello): enough for a jondo to tell the client speaks TLS.
+pub const TLS_OPENING: [u8; 9] = [0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00];
+
+/// Sends [`TLS_OPENING`] into a tunnel that was answered "connected" and returns all the
+/// tunnel sends back until it closes (within `timeout`): a jondo whose tunnel then
+/// failed answers a fatal TLS alert record `[21, 3, 3, 0, 2, 2, description]`.
+pub async fn tls_opening_answer<S>(stream: &mut S, timeout: Duration) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(&TLS_OPENING)
+        .await
+        .map_err(|e| format!("send the TLS opening: {e}"))?;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(timeout, stream.read_to_end(&mut answer)).await {
+        Err(_) => Err(format!("not closed within {timeout:?} (got {answer:?})")),
+        // A reset after the alert still delivered the alert.
+        Ok(_) => Ok(answer),
+    }
+}

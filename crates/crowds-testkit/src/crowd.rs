@@ -209,6 +209,7 @@ pub struct CrowdBuilder {
     n: usize,
     blender_args: Vec<String>,
     jondo_args: Vec<String>,
+    jondo_args_for: Vec<(usize, Vec<String>)>,
     allow_private: bool,
     mixed_threads: bool,
 }
@@ -223,6 +224,13 @@ impl CrowdBuilder {
     /// More flags for every jondo.
     pub fn jondo_args(mut self, args: &[&str]) -> Self {
         self.jondo_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// More flags for jondo `i` only (after those for every jondo).
+    pub fn jondo_args_for(mut self, i: usize, args: &[&str]) -> Self {
+        self.jondo_args_for
+            .push((i, args.iter().map(|a| a.to_string()).collect()));
         self
     }
 
@@ -248,6 +256,7 @@ impl CrowdBuilder {
             n,
             blender_args,
             jondo_args,
+            jondo_args_for,
             allow_private,
             mixed_threads,
         } = self;
@@ -278,6 +287,9 @@ impl CrowdBuilder {
         };
         for (i, pw) in passwords.iter().enumerate() {
             let mut extra: Vec<&str> = jondo_args.iter().map(String::as_str).collect();
+            for (_, args) in jondo_args_for.iter().filter(|(j, _)| *j == i) {
+                extra.extend(args.iter().map(String::as_str));
+            }
             if mixed_threads && i + 1 == n {
                 extra.extend(["--threads", "2"]);
             }
@@ -297,6 +309,7 @@ impl Crowd {
             n,
             blender_args: Vec::new(),
             jondo_args: Vec::new(),
+            jondo_args_for: Vec::new(),
             allow_private: true,
             mixed_threads: false,
         }

@@ -25,7 +25,11 @@ const N: usize = 4;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crowd_of_four_jondo_processes() {
     let started = Instant::now();
-    let mut crowd = Crowd::start(KIT, N).await;
+    // The last jondo answers tunnels only once its exit has (the others are optimistic).
+    let mut crowd = Crowd::builder(KIT, N)
+        .jondo_args_for(N - 1, &["--no-optimistic-tunnels"])
+        .start()
+        .await;
     eprintln!("crowd formed in {:?}", started.elapsed());
     let origin = Origin::start().await;
     let origin2 = Origin::start().await;
@@ -831,12 +835,34 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
         expected_sha(len),
         "tunnelled body"
     );
-    // A closed port at the exit: a gateway error, not a hang.
+    // A closed port at the exit. An optimistic jondo has said "connected" already: a TLS
+    // client gets a fatal alert (internal_error) at once, then the tunnel closes.
     let closed = free_local_addr();
-    let (head, _, _) = proxy_connect(j.proxy, &closed.to_string()).await;
+    let (head, mut tunnel, _) = proxy_connect(j.proxy, &closed.to_string()).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "optimistic CONNECT: {head}"
+    );
+    let answer = tls_opening_answer(&mut tunnel, REQUEST_TIMEOUT)
+        .await
+        .expect("the failed tunnel closes");
+    assert_eq!(answer, [21, 3, 3, 0, 2, 2, 80], "a TLS alert, then the end");
+    // A jondo that waits for its exit answers a gateway error, not a hang.
+    let waiting = &crowd.jondos[N - 1];
+    let (head, _, _) = proxy_connect(waiting.proxy, &closed.to_string()).await;
     assert!(
         head.starts_with("HTTP/1.1 502"),
         "CONNECT to a closed port: {head}"
+    );
+    // It carries bytes exactly like the others.
+    let (head, mut tunnel, _) = proxy_connect(waiting.proxy, &o.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (inner, body) = get_over(&mut tunnel, o, &format!("/blob/{len}")).await;
+    assert!(inner.starts_with("HTTP/1.1 200"), "{inner}");
+    assert_eq!(
+        hex(&Sha256::digest(&body)),
+        expected_sha(len),
+        "tunnelled body"
     );
 
     // SOCKS5 on jondo 1: an IPv4 literal and a name (resolved at the exit).
@@ -881,8 +907,16 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
         .expect("reply");
     assert_eq!(reply[..2], [5, 7], "BIND: command not supported");
     let closed_port = free_local_addr().port().to_be_bytes();
-    let (_, reply) =
-        socks_connect(j.socks, &[&[1u8, 127, 0, 0, 1][..], &closed_port].concat()).await;
+    let closed_dest = [&[1u8, 127, 0, 0, 1][..], &closed_port].concat();
+    // An optimistic jondo has replied "succeeded": the TLS client gets the alert.
+    let (mut s, reply) = socks_connect(j.socks, &closed_dest).await;
+    assert_eq!(reply[..2], [5, 0], "optimistic SOCKS reply {reply:?}");
+    let answer = tls_opening_answer(&mut s, REQUEST_TIMEOUT)
+        .await
+        .expect("the failed tunnel closes");
+    assert_eq!(answer, [21, 3, 3, 0, 2, 2, 80], "a TLS alert, then the end");
+    // A jondo that waits for its exit replies "host unreachable".
+    let (_, reply) = socks_connect(waiting.socks, &closed_dest).await;
     assert_eq!(
         reply[..2],
         [5, 4],

@@ -13,6 +13,7 @@ use crowds_net::net::{self, now_ms};
 use crowds_net::tls;
 use crowds_proto::identity::PublicKey;
 use crowds_proto::path::Predecessor;
+use crowds_proto::relay;
 use http::Request;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -146,7 +147,18 @@ pub(super) async fn serve_peer(
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let node = node.clone();
         async move {
-            let req = req.map(body::stream);
+            let mut req = req.map(body::stream);
+            // A tunnel arrives in its link form: it is a CONNECT again from here on.
+            match relay::from_link_form(req.method(), req.uri()) {
+                Some(Ok(uri)) => {
+                    *req.method_mut() = http::Method::CONNECT;
+                    *req.uri_mut() = uri;
+                }
+                Some(Err(_)) => {
+                    return Ok(body::crowd_error(relay::ErrorKind::BadRequest));
+                }
+                None => {}
+            }
             Ok::<_, std::convert::Infallible>(node.relay(Predecessor::Member(pred), req).await)
         }
     });

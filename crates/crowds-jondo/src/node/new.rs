@@ -42,6 +42,9 @@ pub struct NodeSettings {
     pub prefetch: bool,
     /// Remove scripts and plug-ins from plain-HTTP pages.
     pub strip_active_content: bool,
+    /// Answer the user's tunnels at once and send their first bytes with the tunnel
+    /// request ([`crate::JondoConfig::optimistic_tunnels`]).
+    pub optimistic_tunnels: bool,
     /// Adopt crowd documents with pf <= 1/2 (experiments only).
     pub insecure_allow_low_pf: bool,
     /// When this jondo started, unix ms.
@@ -63,6 +66,7 @@ impl Node {
             hygiene,
             prefetch,
             strip_active_content,
+            optimistic_tunnels,
             insecure_allow_low_pf,
             started_at,
         } = settings;
@@ -88,6 +92,7 @@ impl Node {
             hygiene,
             prefetch,
             strip_active_content,
+            optimistic_tunnels,
             objects: Arc::default(),
             recent: Mutex::new(Recent {
                 own_reforms: RecentEvents::new(RecentEvents::DAY_MS),

@@ -9,7 +9,6 @@
 use super::{lock, Node, PlainHttpServer, EPOCH_SKEW_WAIT, ERROR_KINDS};
 use crate::crowd::Crowd;
 use crate::prefetch;
-use crate::tunnel;
 use crowds_net::body::{self, Body};
 use crowds_net::net::now_ms;
 use crowds_proto::path::{Hop, PathId, Predecessor, RouteError};
@@ -41,8 +40,9 @@ impl Node {
     /// Starts a request from this jondo's user into the crowd.
     ///
     /// If the path turns out to be broken before any response byte reached the user, a
-    /// request without body (GET, HEAD, OPTIONS, TRACE, and CONNECT before its tunnel
-    /// opens) is retried, at most [`MAX_RETRIES`] times.
+    /// request without body (GET, HEAD, OPTIONS, TRACE) is retried, at most
+    /// [`MAX_RETRIES`] times. A `CONNECT` is a tunnel ([`super::connect`]), retried the
+    /// same way with the bytes its client sent.
     ///
     /// Paths are repaired where they broke: the jondo that could not reach its
     /// successor forgets only its own hop and decides it afresh on the retry. The
@@ -56,13 +56,13 @@ impl Node {
     /// reaches up to it).
     pub async fn initiate(
         self: Arc<Self>,
-        mut req: Request<Body>,
+        req: Request<Body>,
         on_plain_http: PlainHttpServer,
     ) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            return self.initiate_tunnel(req, on_plain_http).await;
+        }
         self.stats.initiated.fetch_add(1, Ordering::Relaxed);
-        // The client's end of a tunnel stays here, so the request can be retried.
-        let client_end = tunnel::take_end(&mut req);
-        let authority = req.uri().authority().map(|a| a.to_string());
         let retry = retry_copy(&req);
         let mut resp = self.clone().relay(Predecessor::Local, req).await;
         // Each attempt repairs the hop that broke, so a second repair (around a new
@@ -80,26 +80,6 @@ impl Node {
         if let Some(kind) = relay::error_kind(resp.headers()) {
             if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
                 self.stats.errors[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if let Some(client_end) = client_end {
-            if resp.status().is_success() {
-                let Some(crowd_end) = tunnel::take_end(&mut resp) else {
-                    return body::crowd_error(ErrorKind::PathBroken);
-                };
-                let guard = InFlight::new(&self.in_flight);
-                let node = self.clone();
-                let authority = authority.unwrap_or_default();
-                let on_http: tunnel::OnPlainHttp = Box::new(move |client| {
-                    tokio::spawn(on_plain_http(node, client, authority));
-                });
-                tunnel::splice_sniffed(
-                    client_end,
-                    crowd_end,
-                    self.exit.idle_timeout,
-                    guard,
-                    on_http,
-                );
             }
         }
         resp
@@ -251,10 +231,6 @@ impl Node {
                 let Some(member) = crowd.doc.member(successor) else {
                     return body::crowd_error(ErrorKind::PathBroken);
                 };
-                // A tunnel: our predecessor's end is spliced to our successor's once the
-                // successor accepts. Without one (we initiated), the successor's end
-                // travels back in the response.
-                let upstream = tunnel::take_end(&mut req);
                 // Whether a failure below is the request's own (its body failed on our
                 // side: the client aborted an upload or sent a malformed body, or our
                 // predecessor reset its stream) or the link's.
@@ -264,19 +240,9 @@ impl Node {
                     (Request::from_parts(parts, body), failed)
                 };
                 match self.links.send(member, req).await {
-                    Ok(mut resp) => {
-                        if let Some(up) = upstream {
-                            if resp.status().is_success() {
-                                let Some(down) = tunnel::take_end(&mut resp) else {
-                                    return body::crowd_error(ErrorKind::PathBroken);
-                                };
-                                tunnel::splice(up, down, self.exit.idle_timeout, guard.clone());
-                                let (parts, _) = resp.into_parts();
-                                return Response::from_parts(parts, body::empty());
-                            }
-                        }
-                        resp.map(body::stream)
-                    }
+                    // A tunnel's bytes travel in the request and response bodies, so it
+                    // is relayed like any request.
+                    Ok(resp) => resp.map(body::stream),
                     Err(_) if body_failed.load(Ordering::Relaxed) => {
                         // The sending side failed, not the path: the path stays.
                         tracing::debug!("a request body failed on its way in; the path stays");

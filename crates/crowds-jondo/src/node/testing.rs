@@ -44,6 +44,7 @@ pub(crate) fn node_in(shape: &Shape) -> Node {
         },
         prefetch: true,
         strip_active_content: false,
+        optimistic_tunnels: true,
         insecure_allow_low_pf: shape.allow_low_pf,
         started_at: STARTED_AT,
     });

@@ -106,6 +106,11 @@ settings! {
         /// Remove scripts, plug-ins, event handlers and javascript: links from plain-HTTP
         /// pages, and forbid scripts with a Content-Security-Policy.
         strip_active_content: bool = Fallback::Value(library().strip_active_content);
+        /// Answer CONNECT and SOCKS requests only once the exit has connected, instead of
+        /// at once. Costs one round trip over the whole path per tunnel, but a refusal or
+        /// failure then reaches the client as an HTTP status (or SOCKS reply) rather than
+        /// as a TLS alert; for scripts that read the status.
+        no_optimistic_tunnels: bool = Fallback::Value(!library().optimistic_tunnels);
         /// How often to tell the blender this jondo is alive. With neither this nor
         /// poll_interval given the jondo follows the blender's suggestions (this default
         /// with the blender's defaults, more with a longer heartbeat timeout); giving
@@ -206,6 +211,7 @@ pub fn merge(args: JondoArgs) -> Result<(JondoConfig, usize)> {
         keep_cookies: need(s.keep_cookies, "keep_cookies")?,
         no_prefetch: need(s.no_prefetch, "no_prefetch")?,
         strip_active_content: need(s.strip_active_content, "strip_active_content")?,
+        optimistic_tunnels: !need(s.no_optimistic_tunnels, "no_optimistic_tunnels")?,
         exit_ports: s.exit_ports,
         insecure_allow_low_pf: need(s.insecure_allow_low_pf, "insecure_allow_low_pf")?,
         peer_connections_per_address: need(
