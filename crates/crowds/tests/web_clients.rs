@@ -79,7 +79,11 @@ async fn curl_and_python_through_a_crowd_of_five() {
     let origin = WebOrigin::start(Some(&ca)).await;
     let raw = RawOrigin::start().await;
     let t = Instant::now();
-    let crowd = Crowd::start(KIT, N).await;
+    // Jondo 4 answers tunnels only once its exit has; the others are optimistic.
+    let crowd = Crowd::builder(KIT, N)
+        .jondo_args_for(4, &["--no-optimistic-tunnels"])
+        .start()
+        .await;
     eprintln!("crowd of {N} formed in {:?}", t.elapsed());
     let mut env = Env {
         crowd,
@@ -369,7 +373,55 @@ async fn curl_uploads(env: &Env) {
 /// Destinations that cannot be reached: a clear answer, not a hang or a success.
 async fn curl_refused(env: &Env) {
     let closed = free_local_addr();
-    // CONNECT to a port where nothing listens: 502 to the CONNECT (curl exit 56).
+    // An optimistic jondo (0) has answered the CONNECT with 200 before its exit found the
+    // port closed: curl's TLS handshake fails on the jondo's alert (exit 35).
+    let out = env
+        .curl_via(
+            "curl-connect-closed-optimistic",
+            0,
+            &["-w", "%{http_connect}", &format!("https://{closed}/")],
+        )
+        .await;
+    assert_eq!(out.code(), 35, "curl: {}", out.stderr.trim());
+    assert_eq!(
+        out.stdout.trim(),
+        "200",
+        "optimistic CONNECT to a closed port"
+    );
+    assert!(
+        out.stderr.to_lowercase().contains("alert internal error"),
+        "curl should name the TLS alert: {}",
+        out.stderr.trim()
+    );
+    // Plain HTTP over optimistic SOCKS: the jondo serves it as proxied requests, so the
+    // failure comes back as its 502 page.
+    let out = env
+        .curl(
+            "curl-socks-closed-optimistic",
+            &[
+                "--socks5-hostname",
+                &env.crowd.jondos[0].socks.to_string(),
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{closed}/"),
+            ],
+        )
+        .await;
+    out.assert_ok("curl over SOCKS to a closed port");
+    assert_eq!(out.stdout.lines().last(), Some("502"), "{}", out.stdout);
+    // The crowd's own members are refused up front, with a status, even optimistically.
+    let member = env.crowd.jondos[2].peer;
+    let out = env
+        .curl_via(
+            "curl-connect-member-optimistic",
+            0,
+            &["-w", "%{http_connect}", &format!("https://{member}/")],
+        )
+        .await;
+    assert_eq!(out.code(), 56, "curl: {}", out.stderr.trim());
+    assert_eq!(out.stdout.trim(), "403", "optimistic CONNECT to a member");
+    // Jondo 4 waits for its exit. CONNECT to a port where nothing listens: 502 to the
+    // CONNECT (curl exit 56).
     let out = env
         .curl_via(
             "curl-connect-closed",
@@ -714,8 +766,9 @@ async fn path_killed_mid_transfer(env: &mut Env) {
 }
 
 /// A member that is not allowed to reach private addresses (the default): CONNECT,
-/// GET and SOCKS to loopback are refused with the exit-policy answer (403, SOCKS reply
-/// 2), and nothing reaches the origin.
+/// GET and SOCKS to loopback are refused with the exit-policy answer (403 to a GET or to
+/// plain HTTP over SOCKS, a TLS access_denied alert in an optimistic tunnel), and nothing
+/// reaches the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_policy_refusals_at_a_public_only_exit() {
     require_tool(CURL, "--version");
@@ -732,14 +785,20 @@ async fn exit_policy_refusals_at_a_public_only_exit() {
         async move { run_tool(name, CURL, &a, &dir, CLIENT_TIMEOUT).await }
     };
     let proxy = format!("http://{}", j.proxy);
+    // The jondo is optimistic: it answers CONNECT with 200, and its exit's refusal
+    // reaches curl's TLS handshake as a fatal access_denied alert (exit 35).
     for (name, target) in [
         ("connect-ip", "https://127.0.0.1:443/"),
         ("connect-name", "https://localhost:443/"),
     ] {
         let out = curl(name, args(&["-x", &proxy, "-w", "%{http_connect}", target])).await;
-        assert_eq!(out.code(), 56, "{name}: {}", out.stderr.trim());
-        assert_eq!(out.stdout.trim(), "403", "{name}: CONNECT to {target}");
-        assert!(out.stderr.contains("403"), "{name}: {}", out.stderr);
+        assert_eq!(out.code(), 35, "{name}: {}", out.stderr.trim());
+        assert_eq!(out.stdout.trim(), "200", "{name}: CONNECT to {target}");
+        assert!(
+            out.stderr.to_lowercase().contains("alert access denied"),
+            "{name}: {}",
+            out.stderr
+        );
     }
     for (name, target) in [
         ("get-port", origin.url("/whoami?port")),
@@ -759,24 +818,29 @@ async fn exit_policy_refusals_at_a_public_only_exit() {
             out.stdout
         );
     }
+    // Plain HTTP over SOCKS is served as proxied requests: the exit policy's page.
     let out = curl(
         "socks-name",
         args(&[
             "--socks5-hostname",
             &j.socks.to_string(),
+            "-w",
+            "\n%{http_code}",
             "http://localhost:443/",
         ]),
     )
     .await;
-    assert_eq!(out.code(), 97, "SOCKS to loopback: {}", out.stderr.trim());
-    // The raw reply: 2, connection not allowed by ruleset.
+    out.assert_ok("socks-name");
+    assert_eq!(out.stdout.lines().last(), Some("403"), "{}", out.stdout);
+    assert!(out.stdout.contains("exit policy"), "{}", out.stdout);
+    // A raw SOCKS client that sends nothing after "succeeded" sees the tunnel close.
     let mut s = TcpStream::connect(j.socks).await.expect("connect SOCKS");
     s.write_all(&[5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 1, 187])
         .await
         .expect("send");
     let got = read_all_bounded(&mut s, "SOCKS to loopback").await;
     assert!(got.len() >= 4, "{got:?}");
-    assert_eq!(got[2..4], [5, 2], "SOCKS reply to a refused destination");
+    assert_eq!(got[2..4], [5, 0], "optimistic SOCKS reply");
     assert!(origin.hits().is_empty(), "{:?}", origin.hits());
 }
 

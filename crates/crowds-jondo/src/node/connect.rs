@@ -197,9 +197,14 @@ impl Node {
                             // (a TLS ClientHello) is on its way, and says how to fail.
                             let _ = tokio::time::timeout(
                                 OPENING_WAIT,
-                                read_at_least(&mut client, &mut prefix, TLS_DECIDES),
+                                read_opening(&mut client, &mut prefix),
                             )
                             .await;
+                            if sniff::opening(&prefix) == Opening::Http1 && !server_spoke {
+                                // Plain HTTP: served as proxied requests, which answer
+                                // the failure with a page the client can read.
+                                return Ok(Opening::Http1);
+                            }
                             fail(&mut client, failure(&resp), sniff::is_tls(&prefix)).await;
                             return Err(());
                         }
@@ -288,14 +293,11 @@ async fn next_frame(server: &mut Option<Body>) -> Option<Result<Frame<Bytes>, Bo
     }
 }
 
-/// Reads from `client` onto `prefix` until it holds `n` bytes or the client ends.
-async fn read_at_least<R: tokio::io::AsyncRead + Unpin>(
-    client: &mut R,
-    prefix: &mut Vec<u8>,
-    n: usize,
-) {
+/// Reads the client's opening onto `prefix` until it is classified (and, for TLS,
+/// [`sniff::is_tls`] can tell) or the client ends.
+async fn read_opening<R: tokio::io::AsyncRead + Unpin>(client: &mut R, prefix: &mut Vec<u8>) {
     let mut chunk = [0u8; sniff::SNIFF_BYTES];
-    while prefix.len() < n {
+    while sniff::opening(prefix) == Opening::NeedMore || prefix.len() < TLS_DECIDES {
         match client.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(k) => prefix.extend_from_slice(&chunk[..k]),
