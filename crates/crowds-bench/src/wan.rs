@@ -466,9 +466,9 @@ fn row(w: &WanWay, model: &Model, d_ms: u64, got: Samples) -> WanRow {
     if let Some(e) = &got.first_error {
         notes.push(format!("{} failed, first: {e}", got.errors));
     }
-    let todays = (w.way == "crowd-waiting")
-        .then(|| w.k.map(|k| ms(model.https_crowd_waiting(k))))
-        .flatten();
+    let waiting = (w.way == "crowd-waiting").then_some(w.k).flatten();
+    let todays = waiting.map(|k| ms(model.https_crowd_waiting(k)));
+    let todays_here = waiting.map(|k| ms(model.https_crowd_waiting_here(k)));
     WanRow {
         way: w.way.into(),
         name: w.name.clone(),
@@ -488,6 +488,7 @@ fn row(w: &WanWay, model: &Model, d_ms: u64, got: Samples) -> WanRow {
         bound_ms: median(&bounds),
         ratio: median(&ratios),
         todays_bound_ms: todays,
+        todays_harness_bound_ms: todays_here,
         note: notes.join("; "),
     }
 }

@@ -25,7 +25,10 @@
 //!   the whole way. The `CONNECT` and the ClientHello travel together, the exit
 //!   connects (2d) and the handshake completes (E), then the page (E) and the objects
 //!   (E): 3E + 2d. Without optimistic data the `CONNECT` is answered first: 4E
-//!   ("today's protocol").
+//!   ("today's protocol"). The delay relay cannot make the exit's connect itself take
+//!   a round trip (it holds the first bytes instead), so a jondo that answers the
+//!   `CONNECT` once connected answers 2d early; here that protocol can reach 4E − 2d
+//!   when k ≥ 2 (at k = 1 the answer is local and the hold counts in full).
 
 use std::time::Duration;
 
@@ -86,6 +89,12 @@ impl Model {
     pub fn https_crowd_waiting(&self, k: usize) -> Duration {
         self.rtts(4.0 * k as f64)
     }
+
+    /// [`Model::https_crowd_waiting`] as this harness can emulate it: 4E − 2d for k ≥ 2
+    /// (see the module doc).
+    pub fn https_crowd_waiting_here(&self, k: usize) -> Duration {
+        self.rtts(4.0 * k as f64 - if k >= 2 { 1.0 } else { 0.0 })
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +129,8 @@ mod tests {
         // E = 250 ms: 3E + 2d = 800; 4E = 1000.
         assert_eq!(m.https_crowd(5), ms(803));
         assert_eq!(m.https_crowd_waiting(5), ms(1003));
+        assert_eq!(m.https_crowd_waiting_here(5), ms(953));
+        assert_eq!(m.https_crowd_waiting_here(1), m.https_crowd_waiting(1));
     }
 
     #[test]

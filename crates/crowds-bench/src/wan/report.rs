@@ -132,10 +132,11 @@ pub(crate) fn table(r: &Results, o: &mut String) {
             let list: Vec<String> = w.path_lengths.iter().map(|l| l.to_string()).collect();
             notes.push(format!("paths {} (mean {mean:.1})", list.join(",")));
         }
-        if let Some(t) = w.todays_bound_ms {
+        if let (Some(t), Some(here)) = (w.todays_bound_ms, w.todays_harness_bound_ms) {
             notes.push(format!(
-                "today's protocol (4E) {t:.0} ms, {}x",
-                num(w.median_ms / t, 2)
+                "today's protocol: 4E {t:.0} ms, {}x; here {here:.0} ms, {}x",
+                num(w.median_ms / t, 2),
+                num(w.median_ms / here, 2)
             ));
         }
         if !w.note.is_empty() {
@@ -163,6 +164,6 @@ pub(crate) fn table(r: &Results, o: &mut String) {
     );
     let _ = writeln!(
         o,
-        "  optimistic off: the delay relay cannot make the exit's TCP connect take a round trip, so a jondo that\n  answers the CONNECT once connected answers 2d early: here the waiting protocol can reach 4E - 2d, not 4E"
+        "  optimistic off: the delay relay cannot make the exit's TCP connect take a round trip, so a jondo that\n  answers the CONNECT once connected answers 2d early: \"here\" the waiting protocol can reach 4E - 2d (k >= 2)"
     );
 }
