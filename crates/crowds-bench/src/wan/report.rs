@@ -81,7 +81,7 @@ pub(crate) fn targets(r: &Results) -> Vec<TargetLine> {
                 // this harness is 2d(k-2).
                 let harness = path_rtt - 2.0 * TARGET_DELAY_MS as f64;
                 let narrow = if saved < path_rtt && saved >= harness - 10.0 {
-                    format!("; a narrow miss: this harness cannot show more than 2d(k-2) = {harness:.0} ms (the exit's connect is not charged before a waiting CONNECT is answered)")
+                    format!("; a narrow miss: the ideal saving in this harness is 2d(k-2) = {harness:.0} ms, since the delay relay cannot charge the exit's connect before a waiting CONNECT is answered (4E - 2d instead of 4E)")
                 } else {
                     String::new()
                 };
