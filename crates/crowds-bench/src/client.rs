@@ -106,7 +106,7 @@ pub async fn connect(target: &Target) -> Result<Sender> {
 
 /// Sends `CONNECT origin` on `stream` and reads the proxy's answer up to the end of its
 /// head; the stream then carries the tunnel.
-async fn open_tunnel(mut stream: TcpStream, origin: SocketAddr) -> Result<TcpStream> {
+pub(crate) async fn open_tunnel(mut stream: TcpStream, origin: SocketAddr) -> Result<TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let head = format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
     stream.write_all(head.as_bytes()).await?;

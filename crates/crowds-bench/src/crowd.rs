@@ -110,6 +110,9 @@ pub async fn start_blender(n: usize, pf: f64, shutdown: CancellationToken) -> Re
     })
 }
 
+/// Changes jondo `i`'s configuration before it starts (addresses, switches).
+pub type Tweak = std::sync::Arc<dyn Fn(usize, &mut JondoConfig) + Send + Sync>;
+
 /// A crowd whose jondos all run in this process.
 pub struct Crowd {
     /// The jondos, jondo i on 127.0.0.(i+2).
@@ -119,6 +122,7 @@ pub struct Crowd {
     /// Each jondo on a thread and a runtime of its own with this many workers
     /// ([`jondo::runtime`]), or all on the caller's runtime (`None`).
     own_threads: Option<usize>,
+    tweak: Option<Tweak>,
 }
 
 /// Starts a blender with `n + spare` accounts and `n` jondos in this process (each on a
@@ -133,6 +137,18 @@ pub async fn start_in_process(
     shutdown: CancellationToken,
     own_threads: Option<usize>,
 ) -> Result<Crowd> {
+    start_in_process_with(n, spare, pf, shutdown, own_threads, None).await
+}
+
+/// [`start_in_process`], with `tweak` applied to each jondo's configuration.
+pub async fn start_in_process_with(
+    n: usize,
+    spare: usize,
+    pf: f64,
+    shutdown: CancellationToken,
+    own_threads: Option<usize>,
+    tweak: Option<Tweak>,
+) -> Result<Crowd> {
     anyhow::ensure!(
         (1..=200).contains(&(n + spare)),
         "crowd size must be 1..=200"
@@ -143,6 +159,7 @@ pub async fn start_in_process(
         blender,
         shutdown,
         own_threads,
+        tweak,
     };
     for _ in 0..n {
         crowd.start_jondo().await?;
@@ -160,7 +177,7 @@ impl Crowd {
             .get(i)
             .cloned()
             .ok_or_else(|| anyhow!("no spare account left"))?;
-        let config = jondo_config(
+        let mut config = jondo_config(
             self.blender.dir.path().join(format!("jondo{}", i + 1)),
             self.blender.blender.addr.to_string(),
             self.blender.blender.public_key,
@@ -168,6 +185,9 @@ impl Crowd {
             password,
             jondo_ip(i),
         );
+        if let Some(tweak) = &self.tweak {
+            tweak(i, &mut config);
+        }
         let shutdown = self.shutdown.clone();
         let jondo = if let Some(threads) = self.own_threads {
             let name = format!("jondo{}", i + 1);

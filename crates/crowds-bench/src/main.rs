@@ -11,8 +11,11 @@
 //! 5. the memory of jondos running one process each (this binary's hidden
 //!    `jondo-process` subcommand);
 //! 6. the paper's scale, with the real path code and a 10,000-member crowd document;
+//! 7. page loads over emulated wide-area links (a one-way delay on every link) beside
+//!    their lower bounds ([`wan`], issue 18);
 //!
-//! and prints a table (or `--json`) with PASS/FAIL lines for the targets of issue 6.
+//! and prints a table (or `--json`) with PASS/FAIL lines for the targets of issues 6
+//! and 18.
 //! `--quick` is the short CI mode. Only loopback addresses are used.
 
 mod client;
@@ -25,6 +28,7 @@ mod relays;
 mod report;
 mod results;
 mod scale;
+mod wan;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -57,10 +61,11 @@ struct Cli {
     /// Concurrent streams for the load and memory tests (default: 1000, quick 100).
     #[arg(long)]
     streams: Option<usize>,
-    /// Path lengths to measure, e.g. 1,2,3 (default: 1..6, quick 1,3,5).
+    /// Path lengths to measure, e.g. 1,2,3 (default: 1..6, quick 1,3,5; in the WAN
+    /// section 1..5, quick 1,5).
     #[arg(long, value_delimiter = ',')]
     k: Option<Vec<usize>>,
-    /// Sections to run (default all): paths, load, memory, scale.
+    /// Sections to run (default all): paths, load, memory, scale, wan.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Ways to measure in the paths section (default all): direct, tcp, tls, crowd, tunnel,
@@ -79,6 +84,9 @@ struct Cli {
     /// as `crowds jondo --threads N` (1, the default, is a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     jondo_threads: usize,
+    /// One-way delays of the WAN section in milliseconds (default: 10,25,50; quick 25).
+    #[arg(long, value_delimiter = ',')]
+    delays_ms: Option<Vec<u64>>,
     /// Path length (jondos) of the requests in the memory section.
     #[arg(long, default_value_t = 3)]
     memory_path: usize,
@@ -148,6 +156,16 @@ fn settings(cli: &Cli) -> Settings {
         scale_walks: if quick { 20_000 } else { 200_000 },
         document_members: 10_000,
         document_runs: if quick { 5 } else { 21 },
+        wan_delays_ms: cli.delays_ms.clone().unwrap_or(if quick {
+            vec![25]
+        } else {
+            vec![10, 25, 50]
+        }),
+        wan_ks: cli
+            .k
+            .clone()
+            .unwrap_or(if quick { vec![1, 5] } else { (1..=5).collect() }),
+        wan_loads: if quick { 3 } else { 7 },
     }
 }
 
@@ -177,6 +195,8 @@ async fn run(cli: Cli) -> Result<()> {
         memory: None,
         scale: Vec::new(),
         document: None,
+        wan: Vec::new(),
+        wan_setup: None,
         targets: Vec::new(),
         notes: Vec::new(),
         elapsed_seconds: 0.0,
@@ -263,7 +283,15 @@ async fn run(cli: Cli) -> Result<()> {
         progress("scale: a signed crowd document");
         results.document = Some(scale::document(s.document_members, s.document_runs)?);
     }
+    if wants("wan") {
+        progress("wan: page loads over links with a one-way delay");
+        if let Err(e) = wan::wan(&s, &tinyproxy, &shutdown, &mut results).await {
+            notes.push(format!("wan section failed: {e:#}"));
+        }
+        crowd::set_path_length(None);
+    }
     notes.push(time_wait_note(s.crowd_size));
+    notes.append(&mut results.notes);
     results.notes = notes;
     results.targets = report::targets(&results, tinyproxy.is_some());
     results.elapsed_seconds = started.elapsed().as_secs_f64();
@@ -301,6 +329,22 @@ mod tests {
             (2000, 1000, 1 << 30)
         );
         assert_eq!(full.ks, (1..=6).collect::<Vec<_>>());
+        assert_eq!(
+            (s.wan_delays_ms, s.wan_ks, s.wan_loads),
+            (vec![25], vec![1, 5], 3)
+        );
+        assert_eq!(
+            (full.wan_delays_ms, full.wan_ks, full.wan_loads),
+            (vec![10, 25, 50], (1..=5).collect(), 7)
+        );
+        let chosen = settings(&Cli::parse_from([
+            "crowds-bench",
+            "--only",
+            "wan",
+            "--delays-ms",
+            "5,80",
+        ]));
+        assert_eq!(chosen.wan_delays_ms, vec![5, 80]);
     }
 
     /// Both kinds of relay chain carry requests and checked downloads to the origin.

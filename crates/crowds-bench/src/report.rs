@@ -178,6 +178,7 @@ pub fn targets(r: &Results, have_tinyproxy: bool) -> Vec<TargetLine> {
         )),
         None => out.push(skip("crowd document verification", "scale section not run")),
     }
+    out.extend(crate::wan::report::targets(r));
     out
 }
 
@@ -468,7 +469,11 @@ pub fn table(r: &Results) -> String {
             d.verify_max_ms
         );
     }
-    let _ = writeln!(o, "\nTargets (issue 6; ratios measured in this run)");
+    crate::wan::report::table(r, &mut o);
+    let _ = writeln!(
+        o,
+        "\nTargets (issues 6 and 18; ratios measured in this run)"
+    );
     for t in &r.targets {
         let _ = writeln!(o, "{}  {}: {}", t.status, t.what, t.measured);
     }

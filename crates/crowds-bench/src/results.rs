@@ -46,6 +46,12 @@ pub struct Settings {
     pub document_members: usize,
     /// Verifications timed.
     pub document_runs: usize,
+    /// WAN section: one-way delays, milliseconds.
+    pub wan_delays_ms: Vec<u64>,
+    /// WAN section: exact path lengths.
+    pub wan_ks: Vec<usize>,
+    /// WAN section: measured page loads per way and delay (after one warm-up).
+    pub wan_loads: usize,
 }
 
 /// One way from the client to the origin, measured.
@@ -130,6 +136,66 @@ pub struct Memory {
     pub note: String,
 }
 
+/// One way of loading the page in the WAN section, at one delay.
+#[derive(Debug, Clone, Serialize)]
+pub struct WanRow {
+    /// "direct", "tinyproxy", "crowd", "crowd-waiting" (optimistic tunnels off) or
+    /// "crowd-pf".
+    pub way: String,
+    /// Display name.
+    pub name: String,
+    /// "http" or "https".
+    pub protocol: String,
+    /// One-way delay of every delayed link.
+    pub delay_ms: u64,
+    /// Jondos on the path (exact paths), 1 for tinyproxy, 0 direct; none for pf.
+    pub k: Option<usize>,
+    /// Jondos on the path of each measured load (from the crowd's counters).
+    pub path_lengths: Vec<usize>,
+    /// Page loads measured (warm-up and failed loads not counted).
+    pub loads: usize,
+    /// Failed loads.
+    pub errors: usize,
+    /// Median page load, milliseconds.
+    pub median_ms: f64,
+    /// Fastest load.
+    pub min_ms: f64,
+    /// Slowest load.
+    pub max_ms: f64,
+    /// Lower bound (median of the loads' bounds for pf), milliseconds.
+    pub bound_ms: f64,
+    /// Median of measured / bound over the loads.
+    pub ratio: f64,
+    /// For optimistic tunnels off: the bound of that protocol (4E + origin).
+    pub todays_bound_ms: Option<f64>,
+    /// The same as this harness can emulate it (4E - 2d + origin for k >= 2: the delay
+    /// relay cannot charge the exit's connect before the exit answers the CONNECT).
+    pub todays_harness_bound_ms: Option<f64>,
+    /// Remarks (first error, requests the crowd carried per load).
+    pub note: String,
+}
+
+/// What the WAN section loaded and how.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WanSetup {
+    /// Embedded objects of the page.
+    pub objects: usize,
+    /// Bytes of the objects.
+    pub object_bytes: usize,
+    /// Bytes of the HTML.
+    pub html_bytes: usize,
+    /// HTTP/1.1 connections of the browser model.
+    pub connections: usize,
+    /// Jondos of the WAN crowd (optimistic tunnels on, off).
+    pub jondos: [usize; 2],
+    /// Links between the WAN crowd's jondos open before measuring (of n(n-1)).
+    pub links_open: usize,
+    /// The page load direct over loopback with no delay (median), plain HTTP, ms.
+    pub origin_http_ms: f64,
+    /// The same over HTTPS.
+    pub origin_https_ms: f64,
+}
+
 /// A target of issue 6.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetLine {
@@ -179,6 +245,10 @@ pub struct Results {
     pub scale: Vec<scale::ScaleRow>,
     /// The signed document.
     pub document: Option<scale::DocumentFigures>,
+    /// WAN section: every way at every delay.
+    pub wan: Vec<WanRow>,
+    /// WAN section: the page and the set-up.
+    pub wan_setup: Option<WanSetup>,
     /// Targets.
     pub targets: Vec<TargetLine>,
     /// What was skipped and why.
