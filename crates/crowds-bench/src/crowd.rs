@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub const PATH_LENGTH_VAR: &str = "CROWDS_BENCH_PATH_LENGTH";
 /// Where a child jondo process finds its password (never on the command line).
 const PASSWORD_VAR: &str = "CROWDS_BENCH_JONDO_PASSWORD";
+/// The exits' extra connect time (read by crowds-jondo's `bench` feature).
+const CONNECT_DELAY_VAR: &str = "CROWDS_BENCH_CONNECT_DELAY_MS";
 /// Time allowed for a crowd to form.
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -32,6 +34,16 @@ pub fn set_path_length(k: Option<usize>) {
     match k {
         Some(k) => std::env::set_var(PATH_LENGTH_VAR, k.to_string()),
         None => std::env::remove_var(PATH_LENGTH_VAR),
+    }
+}
+
+/// Makes every exit connect in this process take `delay` longer (crowds-jondo's `bench`
+/// feature), as a TCP handshake over a link with that round trip does; `None` for none.
+/// Call only between measurements.
+pub fn set_exit_connect_delay(delay: Option<Duration>) {
+    match delay {
+        Some(d) => std::env::set_var(CONNECT_DELAY_VAR, d.as_millis().to_string()),
+        None => std::env::remove_var(CONNECT_DELAY_VAR),
     }
 }
 

@@ -168,9 +168,6 @@ pub struct WanRow {
     pub ratio: f64,
     /// For optimistic tunnels off: the bound of that protocol (4E + origin).
     pub todays_bound_ms: Option<f64>,
-    /// The same as this harness can emulate it (4E - 2d + origin for k >= 2: the delay
-    /// relay cannot charge the exit's connect before the exit answers the CONNECT).
-    pub todays_harness_bound_ms: Option<f64>,
     /// Remarks (first error, requests the crowd carried per load).
     pub note: String,
 }

@@ -388,6 +388,9 @@ pub(crate) async fn wan(
     for &d_ms in &s.wan_delays_ms {
         let d = Duration::from_millis(d_ms);
         delay.set(d);
+        // The exits' connects to the origin take the link's round trip, as a handshake
+        // does (the relay in front of the origin cannot delay them).
+        crowd::set_exit_connect_delay(Some(2 * d));
         progress(&format!(
             "d = {d_ms} ms: {} ways, {} loads each after one warm-up",
             ways.len(),
@@ -436,6 +439,7 @@ pub(crate) async fn wan(
         }
     }
     crowd::set_path_length(None);
+    crowd::set_exit_connect_delay(None);
     shutdown.cancel();
     Ok(())
 }
@@ -468,7 +472,6 @@ fn row(w: &WanWay, model: &Model, d_ms: u64, got: Samples) -> WanRow {
     }
     let waiting = (w.way == "crowd-waiting").then_some(w.k).flatten();
     let todays = waiting.map(|k| ms(model.https_crowd_waiting(k)));
-    let todays_here = waiting.map(|k| ms(model.https_crowd_waiting_here(k)));
     WanRow {
         way: w.way.into(),
         name: w.name.clone(),
@@ -488,7 +491,6 @@ fn row(w: &WanWay, model: &Model, d_ms: u64, got: Samples) -> WanRow {
         bound_ms: median(&bounds),
         ratio: median(&ratios),
         todays_bound_ms: todays,
-        todays_harness_bound_ms: todays_here,
         note: notes.join("; "),
     }
 }

@@ -120,10 +120,27 @@ pub async fn connect(addrs: &[SocketAddr], config: &ExitConfig) -> Result<TcpStr
             tokio::time::timeout(config.connect_timeout, socket.connect(*addr)).await
         {
             let _ = stream.set_nodelay(true);
+            #[cfg(feature = "bench")]
+            bench_connect_delay().await;
             return Ok(stream);
         }
     }
     Err(ErrorKind::OriginUnreachable)
+}
+
+/// Benchmark builds only (cargo feature `bench`, never in the shipped binary): a TCP
+/// connect that takes `CROWDS_BENCH_CONNECT_DELAY_MS` longer, as a handshake over a link
+/// with that round trip does. crowds-bench's WAN section emulates delayed links with
+/// relays, where the kernel completes the handshake at once; without this, a jondo that
+/// waits for its connection before answering a `CONNECT` would answer a round trip early.
+#[cfg(feature = "bench")]
+async fn bench_connect_delay() {
+    let ms = std::env::var("CROWDS_BENCH_CONNECT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = ms.filter(|ms| *ms > 0) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 /// Submits a relayed request to its server and returns the server's response, or the

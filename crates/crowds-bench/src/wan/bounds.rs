@@ -25,10 +25,11 @@
 //!   the whole way. The `CONNECT` and the ClientHello travel together, the exit
 //!   connects (2d) and the handshake completes (E), then the page (E) and the objects
 //!   (E): 3E + 2d. Without optimistic data the `CONNECT` is answered first: 4E
-//!   ("today's protocol"). The delay relay cannot make the exit's connect itself take
-//!   a round trip (it holds the first bytes instead), so a jondo that answers the
-//!   `CONNECT` once connected answers 2d early; here that protocol can reach 4E − 2d
-//!   when k ≥ 2 (at k = 1 the answer is local and the hold counts in full).
+//!   ("today's protocol"). The delay relay cannot make the exits' connects take a round
+//!   trip (the kernel completes the handshake at once), so the jondos' exits sleep 2d
+//!   after connecting (crowds-jondo's `bench` feature, `crowd::set_exit_connect_delay`);
+//!   the relay's hold of the first bytes until accept + 2d has passed by then, so the
+//!   first bytes still reach the origin at 3d, as after a real handshake.
 
 use std::time::Duration;
 
@@ -89,12 +90,6 @@ impl Model {
     pub fn https_crowd_waiting(&self, k: usize) -> Duration {
         self.rtts(4.0 * k as f64)
     }
-
-    /// [`Model::https_crowd_waiting`] as this harness can emulate it: 4E − 2d for k ≥ 2
-    /// (see the module doc).
-    pub fn https_crowd_waiting_here(&self, k: usize) -> Duration {
-        self.rtts(4.0 * k as f64 - if k >= 2 { 1.0 } else { 0.0 })
-    }
 }
 
 #[cfg(test)]
@@ -129,8 +124,6 @@ mod tests {
         // E = 250 ms: 3E + 2d = 800; 4E = 1000.
         assert_eq!(m.https_crowd(5), ms(803));
         assert_eq!(m.https_crowd_waiting(5), ms(1003));
-        assert_eq!(m.https_crowd_waiting_here(5), ms(953));
-        assert_eq!(m.https_crowd_waiting_here(1), m.https_crowd_waiting(1));
     }
 
     #[test]

@@ -75,22 +75,16 @@ pub(crate) fn targets(r: &Results) -> Vec<TargetLine> {
         ) {
             (Some(on), Some(off)) => {
                 let saved = off.median_ms - on.median_ms;
-                // The delay relay cannot charge the exit's TCP connect before the exit
-                // answers a waiting CONNECT (wan/delay.rs), so here the waiting
-                // protocol can be 2d faster than on a real link: the ideal saving in
-                // this harness is 2d(k-2).
-                let harness = path_rtt - 2.0 * TARGET_DELAY_MS as f64;
-                let narrow = if saved < path_rtt && saved >= harness - 10.0 {
-                    format!("; a narrow miss: the ideal saving in this harness is 2d(k-2) = {harness:.0} ms, since the delay relay cannot charge the exit's connect before a waiting CONNECT is answered (4E - 2d instead of 4E)")
-                } else {
-                    String::new()
-                };
+                // The two differ by exactly one path round trip in the protocol; timer
+                // noise of a few milliseconds either way is allowed for (5 %).
                 target(
-                    Some(saved >= path_rtt),
+                    Some(saved >= 0.95 * path_rtt),
                     &what,
                     format!(
-                        "saved {saved:.0} ms against a path round trip of {path_rtt:.0} ms ({:.0} off, {:.0} on){narrow}",
-                        off.median_ms, on.median_ms
+                        "saved {saved:.0} ms against a path round trip of {path_rtt:.0} ms ({:.2} round trips; {:.0} ms off, {:.0} ms on; a 5 % allowance for timer noise)",
+                        saved / path_rtt,
+                        off.median_ms,
+                        on.median_ms
                     ),
                 )
             }
@@ -132,11 +126,10 @@ pub(crate) fn table(r: &Results, o: &mut String) {
             let list: Vec<String> = w.path_lengths.iter().map(|l| l.to_string()).collect();
             notes.push(format!("paths {} (mean {mean:.1})", list.join(",")));
         }
-        if let (Some(t), Some(here)) = (w.todays_bound_ms, w.todays_harness_bound_ms) {
+        if let Some(t) = w.todays_bound_ms {
             notes.push(format!(
-                "today's protocol: 4E {t:.0} ms, {}x; here {here:.0} ms, {}x",
-                num(w.median_ms / t, 2),
-                num(w.median_ms / here, 2)
+                "waiting protocol's bound 4E {t:.0} ms, {}x",
+                num(w.median_ms / t, 2)
             ));
         }
         if !w.note.is_empty() {
@@ -164,6 +157,6 @@ pub(crate) fn table(r: &Results, o: &mut String) {
     );
     let _ = writeln!(
         o,
-        "  optimistic off: the delay relay cannot make the exit's TCP connect take a round trip, so a jondo that\n  answers the CONNECT once connected answers 2d early: \"here\" the waiting protocol can reach 4E - 2d (k >= 2)"
+        "  exits' connects to the origin take 2d longer (bench feature), as a handshake over the delayed link would:\n  the relay in front of the origin cannot delay a connect, so a jondo that waits for it would answer early"
     );
 }
