@@ -644,8 +644,14 @@ async fn share_of_object_requests_answered_locally() {
     let work = tempfile::tempdir().expect("tempdir");
     let pages = SavedPages::start(&PAGES).await;
     let ports: Vec<String> = pages.addrs.iter().map(|a| a.port().to_string()).collect();
+    // Tunnels wait for the exit's answer here. Chromium's own HTTPS traffic (to Google,
+    // unreachable from this machine) fails at the exit; answered optimistically, Chromium
+    // sees a TLS alert where it would see a failed CONNECT and opens the tunnel again,
+    // which adds to `initiated` without a request in the NetLog (13 against 10 in the run
+    // that found it). The pages are plain HTTP, so the bundles this test counts are the
+    // same either way.
     let crowd = Crowd::builder(KIT, 3)
-        .jondo_args(&["--exit-ports", &ports.join(",")])
+        .jondo_args(&["--exit-ports", &ports.join(","), "--no-optimistic-tunnels"])
         .start()
         .await;
     eprintln!("crowd of 3 formed in {:?}", started.elapsed());
