@@ -210,24 +210,27 @@ impl Uplink {
     /// byte sent so far (and the end, if the client ended); `None` if they were not all
     /// kept.
     pub fn restart(&self) -> Option<Body> {
-        let (Feed(tx), body) = {
+        let body = {
             let mut s = self.state();
             let Early::Keeping(kept) = &s.early else {
                 return None;
             };
-            let kept = Bytes::copy_from_slice(kept);
-            let (feed, body) = channel();
+            let (Feed(tx), body) = channel();
             // A fresh channel has room for one chunk and the end.
-            if !kept.is_empty() && feed.0.try_send(Msg::Data(kept)).is_err() {
+            if !kept.is_empty()
+                && tx
+                    .try_send(Msg::Data(Bytes::copy_from_slice(kept)))
+                    .is_err()
+            {
                 return None;
             }
-            if s.finished && feed.0.try_send(Msg::End).is_err() {
+            if s.finished && tx.try_send(Msg::End).is_err() {
                 return None;
             }
-            s.tx = Some(feed.0.clone());
-            (feed, body)
+            // Replacing the sender drops the given-up attempt's.
+            s.tx = Some(tx);
+            body
         };
-        drop(tx);
         self.restarted.notify_waiters();
         Some(body)
     }
