@@ -61,6 +61,10 @@ pub type PlainHttpServer =
 pub struct Stats {
     /// Requests this jondo's user started.
     pub initiated: AtomicU64,
+    /// Tunnels (CONNECT, SOCKS) this jondo's user opened; each is also one of
+    /// `initiated`. A client may open a tunnel again after it failed, so these tell
+    /// tunnels apart from the page requests a browser sent.
+    pub tunnels_initiated: AtomicU64,
     /// Requests relayed for other members.
     pub relayed: AtomicU64,
     /// Requests submitted to servers as the exit.

@@ -126,6 +126,8 @@ pub struct JondoStatus {
 pub struct Requests {
     /// Requests this jondo's user started.
     pub initiated: u64,
+    /// Tunnels (CONNECT, SOCKS) this jondo's user opened, also counted in `initiated`.
+    pub tunnels_initiated: u64,
     /// Requests relayed for other members.
     pub relayed: u64,
     /// Requests submitted to servers as the exit.
@@ -329,6 +331,7 @@ impl JondoStatus {
             links: node.open_links(),
             requests: Requests {
                 initiated: load(&s.initiated),
+                tunnels_initiated: load(&s.tunnels_initiated),
                 relayed: load(&s.relayed),
                 submitted: load(&s.submitted),
                 path_failures: load(&s.path_failures),

@@ -809,6 +809,7 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
     let o = origin.addr;
     // CONNECT on the HTTP proxy.
     let j = &crowd.jondos[0];
+    let before = status_of(j.control).await.expect("status");
     let (head, mut tunnel, rest) = proxy_connect(j.proxy, &o.to_string()).await;
     assert!(
         head.starts_with("HTTP/1.1 200"),
@@ -847,6 +848,13 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
         .await
         .expect("the failed tunnel closes");
     assert_eq!(answer, [21, 3, 3, 0, 2, 2, 80], "a TLS alert, then the end");
+    // The status counts the three tunnels apart from the requests they carried.
+    let after = status_of(j.control).await.expect("status");
+    assert_eq!(
+        counter(&after, "tunnels_initiated") - counter(&before, "tunnels_initiated"),
+        3,
+        "tunnels opened by jondo 0's user: {after}"
+    );
     // A jondo that waits for its exit answers a gateway error, not a hang.
     let waiting = &crowd.jondos[N - 1];
     let (head, _, _) = proxy_connect(waiting.proxy, &closed.to_string()).await;
@@ -915,6 +923,13 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
         .await
         .expect("the failed tunnel closes");
     assert_eq!(answer, [21, 3, 3, 0, 2, 2, 80], "a TLS alert, then the end");
+    // The status counts the three tunnels apart from the requests they carried.
+    let after = status_of(j.control).await.expect("status");
+    assert_eq!(
+        counter(&after, "tunnels_initiated") - counter(&before, "tunnels_initiated"),
+        3,
+        "tunnels opened by jondo 0's user: {after}"
+    );
     // A jondo that waits for its exit replies "host unreachable".
     let (_, reply) = socks_connect(waiting.socks, &closed_dest).await;
     assert_eq!(

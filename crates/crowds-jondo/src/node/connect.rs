@@ -65,6 +65,7 @@ impl Node {
         on_plain_http: PlainHttpServer,
     ) -> Response<Body> {
         self.stats.initiated.fetch_add(1, Ordering::Relaxed);
+        self.stats.tunnels_initiated.fetch_add(1, Ordering::Relaxed);
         let Some(client) = req.extensions_mut().remove::<OnUpgrade>() else {
             return body::crowd_error(ErrorKind::BadRequest);
         };

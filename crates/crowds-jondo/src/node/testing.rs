@@ -70,7 +70,14 @@ pub(crate) fn node_in(shape: &Shape) -> Node {
         &s.documents_full,
         &s.documents_delta,
     ];
-    for (i, c) in counters.into_iter().chain(&s.errors).enumerate() {
+    // Counters added later come after the errors, so the older ones keep their values.
+    let later = [&s.tunnels_initiated];
+    for (i, c) in counters
+        .into_iter()
+        .chain(&s.errors)
+        .chain(later)
+        .enumerate()
+    {
         c.store(100 + i as u64, Ordering::Relaxed);
     }
     if shape.members == 0 {

@@ -38,7 +38,7 @@ pub fn page(s: &JondoStatus) -> String {
          <p><small>Staying helps everyone: each time members join, every path in the crowd is re-formed, and each re-formation \
          gives collaborators another chance to see who you are. A crowd of steady members re-forms rarely.</small></p>\
          <h2>Your path</h2>{reform_html}\
-         <h2>Traffic</h2><table><tr><td>started by you</td><td>{init}</td></tr><tr><td>relayed for others</td><td>{rel}</td></tr>\
+         <h2>Traffic</h2><table><tr><td>started by you (of them tunnels)</td><td>{init} ({tunnels})</td></tr><tr><td>relayed for others</td><td>{rel}</td></tr>\
          <tr><td>submitted to servers (as exit)</td><td>{sub}</td></tr><tr><td>paths broken / retried</td><td>{broken} / {retries}</td></tr>\
          <tr><td>failed on your side (aborted uploads, bad bodies; never re-form your path)</td><td>{client}</td></tr></table>\
          <h2>Health</h2><table><tr><td>blender</td><td class=\"{bcls}\">{bstate}</td></tr><tr><td>open links</td><td>{links}</td></tr>\
@@ -51,6 +51,7 @@ pub fn page(s: &JondoStatus) -> String {
          </body></html>",
         up = human(s.uptime_s),
         init = r.initiated,
+        tunnels = r.tunnels_initiated,
         rel = r.relayed,
         sub = r.submitted,
         broken = r.path_failures,

@@ -22,6 +22,11 @@ pub fn metrics(st: &JondoStatus) -> String {
         r.initiated,
     );
     m.counter(
+        "crowds_tunnels_initiated_total",
+        "Tunnels (CONNECT, SOCKS) this jondo's user opened, also counted in crowds_requests_initiated_total.",
+        r.tunnels_initiated,
+    );
+    m.counter(
         "crowds_requests_relayed_total",
         "Requests relayed for other members.",
         r.relayed,
