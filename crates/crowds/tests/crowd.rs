@@ -875,6 +875,7 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
 
     // SOCKS5 on jondo 1: an IPv4 literal and a name (resolved at the exit).
     let j = &crowd.jondos[1];
+    let before = status_of(j.control).await.expect("status");
     let port = o.port().to_be_bytes();
     let ipv4 = [&[1u8, 127, 0, 0, 1][..], &port].concat();
     let name = [&[3u8, 9][..], b"127.0.0.1", &port].concat();
@@ -923,12 +924,12 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
         .await
         .expect("the failed tunnel closes");
     assert_eq!(answer, [21, 3, 3, 0, 2, 2, 80], "a TLS alert, then the end");
-    // The status counts the three tunnels apart from the requests they carried.
+    // Three SOCKS tunnels were opened; the refused greeting and BIND never became one.
     let after = status_of(j.control).await.expect("status");
     assert_eq!(
         counter(&after, "tunnels_initiated") - counter(&before, "tunnels_initiated"),
         3,
-        "tunnels opened by jondo 0's user: {after}"
+        "SOCKS tunnels opened by jondo 1's user: {after}"
     );
     // A jondo that waits for its exit replies "host unreachable".
     let (_, reply) = socks_connect(waiting.socks, &closed_dest).await;
