@@ -260,6 +260,12 @@ async fn proxy_edges(crowd: &Crowd, origin: &Origin) {
     assert!(origin.seen().is_empty(), "{:?}", origin.seen());
 }
 
+/// Tunnels the jondo at `control` opened for its user since the status `before`.
+async fn tunnels_since(control: SocketAddr, before: &serde_json::Value) -> u64 {
+    let now = status_of(control).await.expect("status");
+    counter(&now, "tunnels_initiated") - counter(before, "tunnels_initiated")
+}
+
 fn counter(s: &serde_json::Value, name: &str) -> u64 {
     s["requests"][name]
         .as_u64()
@@ -849,11 +855,10 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
         .expect("the failed tunnel closes");
     assert_eq!(answer, [21, 3, 3, 0, 2, 2, 80], "a TLS alert, then the end");
     // The status counts the three tunnels apart from the requests they carried.
-    let after = status_of(j.control).await.expect("status");
     assert_eq!(
-        counter(&after, "tunnels_initiated") - counter(&before, "tunnels_initiated"),
+        tunnels_since(j.control, &before).await,
         3,
-        "tunnels opened by jondo 0's user: {after}"
+        "CONNECT tunnels of jondo 0"
     );
     // A jondo that waits for its exit answers a gateway error, not a hang.
     let waiting = &crowd.jondos[N - 1];
@@ -925,11 +930,10 @@ async fn connect_and_socks_tunnels(crowd: &Crowd, origin: &Origin, exits: &[IpAd
         .expect("the failed tunnel closes");
     assert_eq!(answer, [21, 3, 3, 0, 2, 2, 80], "a TLS alert, then the end");
     // Three SOCKS tunnels were opened; the refused greeting and BIND never became one.
-    let after = status_of(j.control).await.expect("status");
     assert_eq!(
-        counter(&after, "tunnels_initiated") - counter(&before, "tunnels_initiated"),
+        tunnels_since(j.control, &before).await,
         3,
-        "SOCKS tunnels opened by jondo 1's user: {after}"
+        "SOCKS tunnels of jondo 1"
     );
     // A jondo that waits for its exit replies "host unreachable".
     let (_, reply) = socks_connect(waiting.socks, &closed_dest).await;
